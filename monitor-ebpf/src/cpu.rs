@@ -1,0 +1,22 @@
+//! On-CPU time per task.
+//!
+//! Hook: `sched_stat_runtime` (tp_btf, Linux 5.5+). The scheduler fires it
+//! each time it adds a slice to a thread's `sum_exec_runtime`, with that exact
+//! slice in ns: at every context switch and at every tick, so a CPU hog that
+//! is never switched out is still charged within one tick (4 ms at HZ=250).
+//! Since Linux 6.8 every scheduling class reports through it. Runs with the
+//! runqueue locked, IRQs off; it is the hottest program we have: one hash
+//! lookup, no field reads.
+
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+
+use crate::{lifecycle::tracked_slot, maps::task_counters};
+
+#[btf_tracepoint(function = "sched_stat_runtime")]
+pub fn sched_stat_runtime(ctx: BtfTracePointContext) -> u32 {
+    let task: u64 = ctx.arg::<u64>(0);
+    if let Some(counters) = tracked_slot(task).and_then(task_counters) {
+        counters.cpu_ns += ctx.arg::<u64>(1);
+    }
+    0
+}

@@ -1,0 +1,40 @@
+//! `propmon`: parses the command line, sets up logging and dispatches.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use propmon::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("propmon: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        #[cfg(target_os = "linux")]
+        Command::Run(args) => propmon::cli::run::run(args),
+        #[cfg(target_os = "linux")]
+        Command::Workload(args) => propmon::cli::workload::run(args),
+        #[cfg(not(target_os = "linux"))]
+        _ => anyhow::bail!("this command needs Linux"),
+    }
+}
+
+/// Logs go to stderr: stdout is reserved for metrics.
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

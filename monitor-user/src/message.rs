@@ -1,0 +1,204 @@
+//! The messages propmon emits, field for field.
+//!
+//! The per-task message is Propeller's task metrics message (the Manager
+//! reads `task_id`, `proplet_id`, the top-level RFC 3339 `timestamp` and the
+//! numeric fields of `metrics` and `aggregated` by these names) plus our own
+//! fields: `source`, `seq`, `final`, `cpu_time_ns`, `process_count`,
+//! `processes_started`. A figure that was not collected is omitted, never
+//! sent as a made-up 0.
+
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the figures of a message come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// Counted in the kernel by propmon's eBPF programs.
+    Ebpf,
+    /// Sampled from the operating system by the `sysinfo` crate.
+    Sysinfo,
+}
+
+/// Per-task metrics message (`control/proplet/task_metrics`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskMetricsMessage {
+    pub task_id: String,
+    pub proplet_id: String,
+    pub metrics: TaskMetrics,
+    /// Aggregates over the retained history; `null` without history.
+    pub aggregated: Option<Aggregated>,
+    /// RFC 3339, UTC, millisecond precision: when the sample was taken.
+    pub timestamp: String,
+    pub source: Source,
+    /// 1 for the first message of a task, then +1 per message.
+    pub seq: u64,
+    /// `true` on the last message of a task, which carries its final totals.
+    #[serde(rename = "final")]
+    pub is_final: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskMetrics {
+    /// CPU used over the last interval, 100 = one core fully busy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<f64>,
+    /// Cumulative on-CPU ns of the task and all its descendants, exited ones included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_time_ns: Option<u64>,
+    /// Resident memory summed over the task's live processes, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// `memory_bytes` as a percentage of the host's RAM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_read_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_write_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_rx_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_tx_bytes: Option<u64>,
+    /// Whole seconds since the task started.
+    pub uptime_seconds: u64,
+    /// Threads summed over the task's live processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread_count: Option<u64>,
+    /// Open file descriptors summed over the task's live processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_descriptor_count: Option<u64>,
+    /// Live processes of the task.
+    pub process_count: u64,
+    /// Processes that ever belonged to the task (the root counts), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes_started: Option<u64>,
+    /// Same as the top-level `timestamp`.
+    pub timestamp: String,
+}
+
+/// Aggregates over a task's retained history (Propeller's field names).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Aggregated {
+    pub avg_cpu_usage: f64,
+    pub max_cpu_usage: f64,
+    pub avg_memory_usage: f64,
+    pub max_memory_usage: u64,
+    pub total_disk_read: u64,
+    pub total_disk_write: u64,
+    pub total_network_rx: u64,
+    pub total_network_tx: u64,
+    pub sample_count: u64,
+}
+
+/// RFC 3339 in UTC with milliseconds, e.g. `2025-01-15T10:30:00.000Z`.
+pub fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+/// CPU share over a wall-clock interval, 100 = one core; rounded to 0.01.
+pub fn cpu_percent(cpu_ns: u64, wall: Duration) -> f64 {
+    percent(cpu_ns as f64, wall.as_nanos() as f64)
+}
+
+/// `part` as a percentage of `whole`, rounded to 0.01; 0 when `whole` is 0.
+pub fn percent(part: f64, whole: f64) -> f64 {
+    if whole <= 0.0 {
+        return 0.0;
+    }
+    (part / whole * 10_000.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_percent_is_relative_to_one_core() {
+        let second = Duration::from_secs(1);
+        assert_eq!(cpu_percent(1_000_000_000, second), 100.0);
+        assert_eq!(cpu_percent(2_000_000_000, second), 200.0);
+        assert_eq!(cpu_percent(425_000_000, second), 42.5);
+        assert_eq!(cpu_percent(1, Duration::from_secs(3)), 0.0);
+        assert_eq!(cpu_percent(500_000_000, Duration::from_millis(500)), 100.0);
+        assert_eq!(cpu_percent(123, Duration::ZERO), 0.0);
+    }
+
+    #[test]
+    fn percent_rounds_to_hundredths() {
+        assert_eq!(percent(1.0, 3.0), 33.33);
+        assert_eq!(percent(2.0, 3.0), 66.67);
+        assert_eq!(
+            percent(64.0 * 1024.0 * 1024.0, 4096.0 * 1024.0 * 1024.0),
+            1.56
+        );
+    }
+
+    #[test]
+    fn timestamp_is_rfc3339_utc_millis() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_736_937_000_123);
+        assert_eq!(rfc3339(t), "2025-01-15T10:30:00.123Z");
+    }
+
+    fn sample_message() -> TaskMetricsMessage {
+        TaskMetricsMessage {
+            task_id: "t1".into(),
+            proplet_id: "p1".into(),
+            metrics: TaskMetrics {
+                cpu_percent: Some(42.5),
+                cpu_time_ns: Some(425_000_000),
+                memory_bytes: Some(67_108_864),
+                memory_percent: Some(1.5),
+                uptime_seconds: 120,
+                thread_count: Some(4),
+                file_descriptor_count: Some(12),
+                process_count: 2,
+                processes_started: Some(3),
+                timestamp: "2025-01-15T10:30:00.000Z".into(),
+                ..Default::default()
+            },
+            aggregated: None,
+            timestamp: "2025-01-15T10:30:00.000Z".into(),
+            source: Source::Ebpf,
+            seq: 7,
+            is_final: false,
+        }
+    }
+
+    #[test]
+    fn serialises_with_propeller_names_and_omits_uncollected_figures() {
+        let json = serde_json::to_value(sample_message()).unwrap();
+        let expected = serde_json::json!({
+            "task_id": "t1",
+            "proplet_id": "p1",
+            "metrics": {
+                "cpu_percent": 42.5,
+                "cpu_time_ns": 425_000_000u64,
+                "memory_bytes": 67_108_864u64,
+                "memory_percent": 1.5,
+                "uptime_seconds": 120,
+                "thread_count": 4,
+                "file_descriptor_count": 12,
+                "process_count": 2,
+                "processes_started": 3,
+                "timestamp": "2025-01-15T10:30:00.000Z"
+            },
+            "aggregated": null,
+            "timestamp": "2025-01-15T10:30:00.000Z",
+            "source": "ebpf",
+            "seq": 7,
+            "final": false
+        });
+        assert_eq!(json, expected);
+    }
+
+    #[test]
+    fn round_trips() {
+        let message = sample_message();
+        let line = serde_json::to_string(&message).unwrap();
+        assert!(!line.contains('\n'));
+        let back: TaskMetricsMessage = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, message);
+    }
+}
