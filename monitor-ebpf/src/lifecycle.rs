@@ -44,7 +44,7 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
     };
     // do_exit() runs in the exiting thread, so current is `task`.
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let _ = TRACKED_PROCS.remove(&tgid);
+    let _ = TRACKED_PROCS.remove(tgid);
     if let Some(counters) = task_counters(slot) {
         counters.procs_exited += 1;
     }
@@ -57,7 +57,7 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> u32 {
     let Some(slot) = tracked_slot(task) else {
         return 0;
     };
-    let _ = TRACKED_THREADS.remove(&task);
+    let _ = TRACKED_THREADS.remove(task);
     if let Some(counters) = task_counters(slot) {
         counters.threads_freed += 1;
     }
@@ -68,7 +68,7 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> u32 {
 #[inline(always)]
 pub fn tracked_slot(task: u64) -> Option<u32> {
     // SAFETY: the value is a plain u32 copied out at once.
-    unsafe { TRACKED_THREADS.get(&task) }.copied()
+    unsafe { TRACKED_THREADS.get(task) }.copied()
 }
 
 /// One-shot: the slot the current thread asked its next child to start.
@@ -76,8 +76,8 @@ pub fn tracked_slot(task: u64) -> Option<u32> {
 fn take_pending_spawn() -> Option<u32> {
     let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: plain u32 copied out at once.
-    let slot = unsafe { SPAWN_PENDING.get(&tid) }.copied()?;
-    let _ = SPAWN_PENDING.remove(&tid);
+    let slot = unsafe { SPAWN_PENDING.get(tid) }.copied()?;
+    let _ = SPAWN_PENDING.remove(tid);
     Some(slot)
 }
 
@@ -86,7 +86,7 @@ fn adopt(child: u64, slot: u32) {
     let Some(counters) = task_counters(slot) else {
         return;
     };
-    if TRACKED_THREADS.insert(&child, &slot, 0).is_err() {
+    if TRACKED_THREADS.insert(child, slot, 0).is_err() {
         if let Some(stats) = kernel_stats() {
             stats.thread_insert_failures += 1;
         }
@@ -100,7 +100,7 @@ fn adopt(child: u64, slot: u32) {
         return; // a new thread of an already tracked process
     }
     counters.procs_started += 1;
-    if TRACKED_PROCS.insert(&tgid, &slot, 0).is_err()
+    if TRACKED_PROCS.insert(tgid, slot, 0).is_err()
         && let Some(stats) = kernel_stats()
     {
         stats.proc_insert_failures += 1;

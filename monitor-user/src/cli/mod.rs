@@ -9,7 +9,7 @@ use std::{ffi::OsString, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::duration::parse_interval;
+use crate::{duration::parse_interval, profiles::Preset};
 
 /// propmon measures what every task on an edge node consumes, from inside
 /// the kernel, and reports it as Propeller metrics.
@@ -48,8 +48,8 @@ pub struct RunArgs {
     pub proplet_id: Option<String>,
     /// Monitoring profile: standard (10 s), minimal, intensive (1 s),
     /// batch_processing, real_time_api, long_running_daemon or disabled.
-    #[arg(long, value_name = "NAME", default_value = "standard")]
-    pub profile: String,
+    #[arg(long, value_name = "NAME", default_value = "standard", value_parser = Preset::from_name)]
+    pub profile: Preset,
     /// Time between two messages (e.g. 1s, 500ms, 2m); overrides the profile's.
     #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
     pub interval: Option<Duration>,

@@ -27,7 +27,6 @@ use crate::{
         procfs::{host_memory_bytes, sample_processes},
     },
     message::{Source, TaskMetricsMessage},
-    profiles::Preset,
     tasks::{Observation, Task, TaskSpec},
 };
 
@@ -50,7 +49,7 @@ struct RunSettings {
 
 impl RunSettings {
     fn from_args(args: RunArgs) -> anyhow::Result<Self> {
-        let mut profile = Preset::from_name(&args.profile)?.profile();
+        let mut profile = args.profile.profile();
         if let Some(interval) = args.interval {
             profile.interval = interval;
         }

@@ -1,0 +1,120 @@
+//! The command line as a user meets it: exit codes, signals, bad input.
+
+use std::{process::Command, time::Duration};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+use crate::{Live, kernel_test, propmon, run_to_end};
+
+#[test]
+fn exit_status_of_the_command_is_passed_through() {
+    let Some(_serial) = kernel_test() else { return };
+    for (script, expected) in [("exit 0", 0), ("exit 7", 7), ("kill -9 $$", 128 + 9)] {
+        let mut command = propmon(&["run", "--", "sh", "-c"]);
+        command.arg(script);
+        let run = run_to_end(command, Duration::from_secs(20));
+        assert_eq!(
+            run.status.code(),
+            Some(expected),
+            "{script}: {}",
+            run.stderr
+        );
+        assert!(run.final_message().is_final);
+    }
+}
+
+#[test]
+fn a_command_that_cannot_run_gives_127_or_126() {
+    let Some(_serial) = kernel_test() else { return };
+    let run = run_to_end(
+        propmon(&["run", "--", "/nonexistent/command"]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(run.status.code(), Some(127));
+    assert!(
+        run.stderr.contains("/nonexistent/command"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.messages.is_empty());
+    let run = run_to_end(
+        propmon(&["run", "--", "/etc/hostname"]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(run.status.code(), Some(126), "{}", run.stderr);
+}
+
+/// SIGTERM ends the run early, with a final message carrying the totals.
+#[test]
+fn sigterm_gives_a_final_message() {
+    let Some(_serial) = kernel_test() else { return };
+    let mut live = Live::start(propmon(&[
+        "run",
+        "--interval",
+        "300ms",
+        "--",
+        "sleep",
+        "30",
+    ]));
+    live.until(Duration::from_secs(10), |m| m.seq == 2);
+    kill(Pid::from_raw(live.pid() as i32), Signal::SIGTERM).unwrap();
+    let run = live.finish(Duration::from_secs(10));
+    let last = run.final_message();
+    assert!(last.seq >= 3);
+    assert_eq!(last.metrics.process_count, 0, "sleep got the SIGTERM too");
+    assert_eq!(run.status.code(), Some(128 + 15), "{}", run.stderr);
+}
+
+#[test]
+fn bad_arguments_give_one_clear_line() {
+    for (args, expected) in [
+        (
+            &["run", "--interval", "fast", "--", "true"][..],
+            "invalid duration \"fast\"",
+        ),
+        (
+            &["run", "--interval", "0s", "--", "true"][..],
+            "out of range",
+        ),
+        (
+            &["run", "--profile", "turbo", "--", "true"][..],
+            "unknown profile \"turbo\"",
+        ),
+        (&["run"][..], "CMD"),
+    ] {
+        let output = Command::new(crate::propmon_bin())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "{args:?}");
+    }
+}
+
+/// Without privileges: one line naming the missing capability, exit 125,
+/// and the command is not run.
+#[test]
+fn unprivileged_run_names_what_is_missing() {
+    let Some(_serial) = kernel_test() else { return };
+    let marker = crate::scratch("must-not-exist");
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(crate::propmon_bin())
+        .args(["run", "--", "touch"])
+        .arg(&marker)
+        .output()
+        .expect("setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(125), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("CAP_BPF") && stderr.contains("root"),
+        "{stderr}"
+    );
+    assert!(!marker.exists());
+}

@@ -1,0 +1,184 @@
+//! Kernel tests: propmon's programs loaded into the running kernel, its
+//! figures compared with the kernel's own accounting.
+//!
+//! They need root (CAP_BPF + CAP_PERFMON). Without it they print why and
+//! skip, except in CI (`CI=true`), where not running them is a failure.
+//! Run them one at a time (`cargo xtask test` does): they measure CPU shares
+//! on a 2-core machine. A lock serialises them anyway.
+
+mod cli;
+mod cpu;
+mod lifecycle;
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Mutex, MutexGuard, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use propmon::message::TaskMetricsMessage;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Takes the test lock if the kernel tests can run here; `None` means skip.
+pub fn kernel_test() -> Option<MutexGuard<'static, ()>> {
+    let guard = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if nix::unistd::geteuid().is_root() {
+        return Some(guard);
+    }
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(
+        !in_ci,
+        "kernel tests must run in CI, but this is not root: run them as root"
+    );
+    eprintln!("skipped: kernel tests need root to load eBPF programs");
+    None
+}
+
+pub fn propmon_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_propmon"))
+}
+
+/// `propmon` with arguments, stdout piped.
+pub fn propmon(args: &[&str]) -> Command {
+    let mut command = Command::new(propmon_bin());
+    command
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// The finished run of a propmon command.
+pub struct Finished {
+    pub messages: Vec<TaskMetricsMessage>,
+    pub stderr: String,
+    pub status: ExitStatus,
+}
+
+impl Finished {
+    /// The final message, after checking the stream's invariants: `seq`
+    /// counts 1, 2, 3... and exactly the last message is final.
+    pub fn final_message(&self) -> &TaskMetricsMessage {
+        assert!(
+            !self.messages.is_empty(),
+            "no messages; stderr:\n{}",
+            self.stderr
+        );
+        for (index, message) in self.messages.iter().enumerate() {
+            assert_eq!(message.seq, index as u64 + 1, "seq of message {index}");
+            let is_last = index + 1 == self.messages.len();
+            assert_eq!(message.is_final, is_last, "final flag of message {index}");
+        }
+        self.messages.last().unwrap()
+    }
+}
+
+/// A running propmon whose messages are read as they arrive.
+pub struct Live {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: thread::JoinHandle<String>,
+    pub messages: Vec<TaskMetricsMessage>,
+}
+
+impl Live {
+    pub fn start(mut command: Command) -> Self {
+        let mut child = command.spawn().expect("start propmon");
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (sender, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+        Live {
+            child,
+            lines,
+            stderr,
+            messages: Vec::new(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Reads messages until one satisfies `wanted`, and returns it.
+    pub fn until(
+        &mut self,
+        timeout: Duration,
+        mut wanted: impl FnMut(&TaskMetricsMessage) -> bool,
+    ) -> TaskMetricsMessage {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match self.lines.recv_timeout(left) {
+                Ok(line) => line,
+                Err(err) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "no wanted message within {timeout:?} ({err}); got {:#?}",
+                        self.messages
+                    );
+                }
+            };
+            let message: TaskMetricsMessage = serde_json::from_str(&line)
+                .unwrap_or_else(|err| panic!("bad line {line:?}: {err}"));
+            self.messages.push(message.clone());
+            if wanted(&message) {
+                return message;
+            }
+        }
+    }
+
+    /// Waits for propmon to exit (killing it after `timeout`) and collects
+    /// the rest of its output.
+    pub fn finish(mut self, timeout: Duration) -> Finished {
+        let status = wait_with_deadline(&mut self.child, timeout);
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            let message = serde_json::from_str(&line)
+                .unwrap_or_else(|err| panic!("bad line {line:?}: {err}"));
+            self.messages.push(message);
+        }
+        Finished {
+            messages: self.messages,
+            stderr: self.stderr.join().unwrap(),
+            status,
+        }
+    }
+}
+
+/// Runs propmon to completion (killed after `timeout`).
+pub fn run_to_end(command: Command, timeout: Duration) -> Finished {
+    Live::start(command).finish(timeout)
+}
+
+pub fn wait_with_deadline(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("propmon did not finish within {timeout:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A scratch file path unique to this test process.
+pub fn scratch(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("propmon-test-{}-{name}", std::process::id()))
+}
