@@ -18,7 +18,7 @@ pub const MAX_PENDING_SPAWNS: u32 = 1024;
 
 /// Names of the maps, as the loader looks them up.
 pub mod maps {
-    /// `HashMap<u64 task_struct address, u32 slot>`: every tracked thread.
+    /// `HashMap<u64 task_struct address, ThreadState>`: every tracked thread.
     pub const TRACKED_THREADS: &str = "TRACKED_THREADS";
     /// `HashMap<u32 tgid, u32 slot>`: every live tracked process.
     pub const TRACKED_PROCS: &str = "TRACKED_PROCS";
@@ -31,13 +31,75 @@ pub mod maps {
     pub const KERNEL_STATS: &str = "KERNEL_STATS";
 }
 
-/// Names of the read-only globals the loader sets before load.
-pub mod globals {
-    /// Byte offset of `pid` in `struct task_struct` (resolved from kernel BTF).
-    pub const TASK_PID_OFFSET: &str = "TASK_PID_OFFSET";
-    /// Byte offset of `tgid` in `struct task_struct` (resolved from kernel BTF).
-    pub const TASK_TGID_OFFSET: &str = "TASK_TGID_OFFSET";
+/// Name of the read-only global holding the [`KernelLayout`].
+pub const LAYOUT_GLOBAL: &str = "LAYOUT";
+
+/// What the programs need to know about the running kernel's structs.
+///
+/// Rust eBPF has no CO-RE relocations yet, so the loader reads these from the
+/// kernel's BTF (`/sys/kernel/btf/vmlinux`) and sets them before load.
+/// Offsets are in bytes from the start of the named struct.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelLayout {
+    /// `task_struct.pid` (thread id).
+    pub task_pid: u32,
+    /// `task_struct.tgid` (process id).
+    pub task_tgid: u32,
+    /// `task_struct.bio_list`: non-NULL while the task is inside a block
+    /// driver's submission, i.e. for bios a stacked device re-submits.
+    pub task_bio_list: u32,
+    /// `task_struct.ioac.cancelled_write_bytes` (u64, CONFIG_TASK_IO_ACCOUNTING).
+    pub task_cancelled_write_bytes: u32,
+    /// `sock.__sk_common.skc_family` (u16).
+    pub sock_family: u32,
+    /// `sock.sk_protocol` (u16).
+    pub sock_protocol: u32,
+    /// `bio.bi_opf` (u32: operation in the low 8 bits, then flags).
+    pub bio_opf: u32,
+    /// `bio.bi_iter.bi_size` (u32 bytes).
+    pub bio_size: u32,
+    /// `folio.flags` (first word of the flags).
+    pub folio_flags: u32,
+    /// `folio._nr_pages` (u32), valid when the folio is large.
+    pub folio_nr_pages: u32,
+    /// Bit of `PG_head` in `folio.flags` (enum pageflags): set on large folios.
+    pub pg_head_bit: u32,
+    /// Bit of `__REQ_META` in `bi_opf` (enum req_flag_bits).
+    pub req_meta_bit: u32,
+    /// Bit of `__REQ_IDLE` in `bi_opf` (enum req_flag_bits).
+    pub req_idle_bit: u32,
+    /// Bytes per page (PAGE_SIZE).
+    pub page_size: u32,
 }
+
+/// What the kernel keeps per tracked thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadState {
+    /// The task the thread belongs to.
+    pub slot: u32,
+    pub _padding: u32,
+    /// The thread's `ioac.cancelled_write_bytes` when last charged: the
+    /// kernel keeps that figure per thread and has no hook where it grows.
+    pub cancelled_write_bytes_seen: u64,
+}
+
+/// Network protocol buckets of [`TaskCounters::net_tx`] / `net_rx`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetBucket {
+    /// AF_INET/AF_INET6 with IPPROTO_TCP.
+    Tcp = 0,
+    /// AF_INET/AF_INET6 with IPPROTO_UDP or IPPROTO_UDPLITE.
+    Udp = 1,
+    /// Any other AF_INET/AF_INET6 protocol (ICMP, SCTP, MPTCP, raw...).
+    Other = 2,
+    /// AF_UNIX, reported apart: it never leaves the host.
+    Unix = 3,
+}
+
+pub const NET_BUCKETS: usize = 4;
 
 /// Cumulative per-task counters, kept per CPU and summed by userspace.
 ///
@@ -58,6 +120,21 @@ pub struct TaskCounters {
     /// Threads whose `task_struct` was released: they can never run again,
     /// so every nanosecond they consumed has been counted.
     pub threads_freed: u64,
+    /// Bytes of read bios the task submitted (`/proc/<pid>/io` read_bytes).
+    pub disk_read_bytes: u64,
+    /// Bytes of page-cache pages the task dirtied.
+    pub disk_dirtied_bytes: u64,
+    /// Bytes of direct-I/O write bios the task submitted.
+    pub disk_direct_write_bytes: u64,
+    /// Bytes of write bios the task submitted in its own context (direct
+    /// I/O, and writeback it ran itself, e.g. in `fsync`).
+    pub disk_submitted_write_bytes: u64,
+    /// Bytes of dirty pages truncated before writeback.
+    pub disk_cancelled_write_bytes: u64,
+    /// Payload bytes sent through the task's sockets, per [`NetBucket`].
+    pub net_tx: [u64; NET_BUCKETS],
+    /// Payload bytes received through the task's sockets, per [`NetBucket`].
+    pub net_rx: [u64; NET_BUCKETS],
 }
 
 impl TaskCounters {
@@ -68,6 +145,23 @@ impl TaskCounters {
         self.procs_exited = self.procs_exited.wrapping_add(other.procs_exited);
         self.threads_started = self.threads_started.wrapping_add(other.threads_started);
         self.threads_freed = self.threads_freed.wrapping_add(other.threads_freed);
+        self.disk_read_bytes = self.disk_read_bytes.wrapping_add(other.disk_read_bytes);
+        self.disk_dirtied_bytes = self
+            .disk_dirtied_bytes
+            .wrapping_add(other.disk_dirtied_bytes);
+        self.disk_direct_write_bytes = self
+            .disk_direct_write_bytes
+            .wrapping_add(other.disk_direct_write_bytes);
+        self.disk_submitted_write_bytes = self
+            .disk_submitted_write_bytes
+            .wrapping_add(other.disk_submitted_write_bytes);
+        self.disk_cancelled_write_bytes = self
+            .disk_cancelled_write_bytes
+            .wrapping_add(other.disk_cancelled_write_bytes);
+        for bucket in 0..NET_BUCKETS {
+            self.net_tx[bucket] = self.net_tx[bucket].wrapping_add(other.net_tx[bucket]);
+            self.net_rx[bucket] = self.net_rx[bucket].wrapping_add(other.net_rx[bucket]);
+        }
     }
 
     /// Processes of the task that have not exited yet.
@@ -112,7 +206,10 @@ impl KernelStats {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: plain `#[repr(C)]` structs of `u64`s: no padding, any bit pattern is valid.
+    // SAFETY: plain `#[repr(C)]` structs of `u64`s or of `u32`s: no
+    // padding, any bit pattern is valid.
     unsafe impl aya::Pod for super::TaskCounters {}
     unsafe impl aya::Pod for super::KernelStats {}
+    unsafe impl aya::Pod for super::KernelLayout {}
+    unsafe impl aya::Pod for super::ThreadState {}
 }

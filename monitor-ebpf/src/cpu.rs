@@ -5,18 +5,27 @@
 //! slice in ns: at every context switch and at every tick, so a CPU hog that
 //! is never switched out is still charged within one tick (4 ms at HZ=250).
 //! Since Linux 6.8 every scheduling class reports through it. Runs with the
-//! runqueue locked, IRQs off; it is the hottest program we have: one hash
-//! lookup, no field reads.
+//! runqueue locked, IRQs off; the hottest program we have: one hash lookup,
+//! and for tracked threads only, one field read (see `disk`).
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
-use crate::{lifecycle::tracked_slot, maps::task_counters};
+use crate::{
+    disk,
+    maps::{add, task_counters, tracked_thread},
+};
 
 #[btf_tracepoint(function = "sched_stat_runtime")]
 pub fn sched_stat_runtime(ctx: BtfTracePointContext) -> u32 {
     let task: u64 = ctx.arg::<u64>(0);
-    if let Some(counters) = tracked_slot(task).and_then(task_counters) {
-        counters.cpu_ns += ctx.arg::<u64>(1);
+    let Some(thread) = tracked_thread(task) else {
+        return 0;
+    };
+    if let Some(counters) = task_counters(thread.slot) {
+        add(&mut counters.cpu_ns, ctx.arg::<u64>(1));
+        // Runs whenever the thread stops running: a truncate it just did
+        // shows within one slice.
+        disk::charge_cancelled_writes(task, thread, counters);
     }
     0
 }

@@ -29,6 +29,9 @@ pub struct TaskMetricsMessage {
     pub metrics: TaskMetrics,
     /// Aggregates over the retained history; `null` without history.
     pub aggregated: Option<Aggregated>,
+    /// Breakdowns for debugging, beyond Propeller's fields.
+    #[serde(default, skip_serializing_if = "Details::is_empty")]
+    pub details: Details,
     /// RFC 3339, UTC, millisecond precision: when the sample was taken.
     pub timestamp: String,
     pub source: Source,
@@ -76,6 +79,54 @@ pub struct TaskMetrics {
     pub processes_started: Option<u64>,
     /// Same as the top-level `timestamp`.
     pub timestamp: String,
+}
+
+/// Breakdowns of the disk and network totals; each is present when its
+/// figures are collected.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Details {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskDetails>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkDetails>,
+}
+
+impl Details {
+    pub fn is_empty(&self) -> bool {
+        self.disk.is_none() && self.network.is_none()
+    }
+}
+
+/// Where a task's disk bytes come from (cumulative bytes).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskDetails {
+    /// Page-cache bytes the task dirtied (buffered writes, shared mmap).
+    pub page_cache_write_bytes: u64,
+    /// Direct-I/O (O_DIRECT) bytes the task wrote.
+    /// `disk_write_bytes` = `page_cache_write_bytes` + `direct_write_bytes`.
+    pub direct_write_bytes: u64,
+    /// Write bytes the task submitted to devices in its own context: its
+    /// direct I/O plus the writeback it ran itself (`fsync`, `sync`).
+    pub submitted_write_bytes: u64,
+    /// Dirty page-cache bytes dropped (truncated) before writeback.
+    pub cancelled_write_bytes: u64,
+}
+
+/// Socket payload bytes by protocol (cumulative).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkDetails {
+    pub tcp: Traffic,
+    pub udp: Traffic,
+    /// Other AF_INET/AF_INET6 protocols (ICMP, SCTP, raw...).
+    pub other: Traffic,
+    /// AF_UNIX sockets: never in `network_*`, they do not leave the host.
+    pub unix: Traffic,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
 }
 
 /// Aggregates over a task's retained history (Propeller's field names).
@@ -159,6 +210,7 @@ mod tests {
                 ..Default::default()
             },
             aggregated: None,
+            details: Details::default(),
             timestamp: "2025-01-15T10:30:00.000Z".into(),
             source: Source::Ebpf,
             seq: 7,
@@ -194,8 +246,28 @@ mod tests {
     }
 
     #[test]
+    fn details_appear_only_when_collected() {
+        let mut message = sample_message();
+        message.details.network = Some(NetworkDetails {
+            tcp: Traffic {
+                rx_bytes: 1,
+                tx_bytes: 2,
+            },
+            ..Default::default()
+        });
+        let json = serde_json::to_value(&message).unwrap();
+        assert_eq!(json["details"]["network"]["tcp"]["tx_bytes"], 2);
+        assert_eq!(json["details"]["network"]["unix"]["rx_bytes"], 0);
+        assert!(json["details"].get("disk").is_none());
+    }
+
+    #[test]
     fn round_trips() {
-        let message = sample_message();
+        let mut message = sample_message();
+        message.details.disk = Some(DiskDetails {
+            direct_write_bytes: 4096,
+            ..Default::default()
+        });
         let line = serde_json::to_string(&message).unwrap();
         assert!(!line.contains('\n'));
         let back: TaskMetricsMessage = serde_json::from_str(&line).unwrap();

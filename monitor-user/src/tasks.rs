@@ -2,9 +2,14 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+use monitor_common::NetBucket;
+
 use crate::{
-    collect::{KernelTotals, ProcessSample},
-    message::{self, Source, TaskMetrics, TaskMetricsMessage},
+    collect::{DiskTotals, KernelTotals, NetTotals, ProcessSample},
+    message::{
+        self, Details, DiskDetails, NetworkDetails, Source, TaskMetrics, TaskMetricsMessage,
+        Traffic,
+    },
     profiles::MonitoringProfile,
 };
 
@@ -68,6 +73,7 @@ impl Task {
         self.seq += 1;
 
         let processes = &observation.processes;
+        let kernel = &observation.kernel;
         let timestamp = message::rfc3339(observation.wall);
         let metrics = TaskMetrics {
             cpu_percent: profile
@@ -86,21 +92,54 @@ impl Task {
             file_descriptor_count: profile
                 .collect_file_descriptors
                 .then_some(processes.file_descriptors),
+            disk_read_bytes: profile.collect_disk_io.then_some(kernel.disk.read_bytes),
+            disk_write_bytes: profile.collect_disk_io.then_some(kernel.disk.write_bytes()),
+            network_rx_bytes: profile.collect_network_io.then_some(kernel.net.inet_rx()),
+            network_tx_bytes: profile.collect_network_io.then_some(kernel.net.inet_tx()),
             process_count: observation.kernel.live_processes,
             processes_started: Some(observation.kernel.processes_started),
             timestamp: timestamp.clone(),
             ..TaskMetrics::default()
+        };
+        let details = Details {
+            disk: profile.collect_disk_io.then(|| disk_details(&kernel.disk)),
+            network: profile
+                .collect_network_io
+                .then(|| network_details(&kernel.net)),
         };
         TaskMetricsMessage {
             task_id: self.spec.task_id.clone(),
             proplet_id: self.spec.proplet_id.clone(),
             metrics,
             aggregated: None,
+            details,
             timestamp,
             source,
             seq: self.seq,
             is_final,
         }
+    }
+}
+
+fn disk_details(disk: &DiskTotals) -> DiskDetails {
+    DiskDetails {
+        page_cache_write_bytes: disk.dirtied_bytes,
+        direct_write_bytes: disk.direct_write_bytes,
+        submitted_write_bytes: disk.submitted_write_bytes,
+        cancelled_write_bytes: disk.cancelled_write_bytes,
+    }
+}
+
+fn network_details(net: &NetTotals) -> NetworkDetails {
+    let traffic = |bucket| {
+        let (rx_bytes, tx_bytes) = net.bucket(bucket);
+        Traffic { rx_bytes, tx_bytes }
+    };
+    NetworkDetails {
+        tcp: traffic(NetBucket::Tcp),
+        udp: traffic(NetBucket::Udp),
+        other: traffic(NetBucket::Other),
+        unix: traffic(NetBucket::Unix),
     }
 }
 
@@ -171,6 +210,17 @@ mod tests {
                 live_processes: 2,
                 live_threads: 5,
                 processes_started: 9,
+                disk: DiskTotals {
+                    read_bytes: 100,
+                    dirtied_bytes: 20,
+                    direct_write_bytes: 3,
+                    submitted_write_bytes: 7,
+                    cancelled_write_bytes: 1,
+                },
+                net: NetTotals {
+                    tx: [1, 2, 4, 1000],
+                    rx: [10, 20, 40, 2000],
+                },
             },
             processes: ProcessSample {
                 memory_bytes: 1 << 30,
@@ -208,6 +258,39 @@ mod tests {
         assert_eq!(second.metrics.memory_percent, Some(25.0));
         assert_eq!(second.metrics.process_count, 2);
         assert_eq!(second.metrics.processes_started, Some(9));
+    }
+
+    #[test]
+    fn disk_and_network_totals_follow_proc_io_and_exclude_unix() {
+        let t0 = Instant::now();
+        let mut task = task(Preset::Intensive, t0);
+        let message = task.next_message(&observation(t0, 0), Source::Ebpf, false);
+        assert_eq!(message.metrics.disk_read_bytes, Some(100));
+        assert_eq!(message.metrics.disk_write_bytes, Some(23));
+        assert_eq!(message.metrics.network_tx_bytes, Some(7));
+        assert_eq!(message.metrics.network_rx_bytes, Some(70));
+        let network = message.details.network.unwrap();
+        assert_eq!(network.unix.tx_bytes, 1000);
+        assert_eq!(network.other.rx_bytes, 40);
+        let disk = message.details.disk.unwrap();
+        assert_eq!(disk.cancelled_write_bytes, 1);
+        assert_eq!(disk.submitted_write_bytes, 7);
+    }
+
+    #[test]
+    fn profiles_without_disk_or_network_omit_them_and_their_details() {
+        let t0 = Instant::now();
+        let mut task = task(Preset::RealTimeApi, t0);
+        let message = task.next_message(&observation(t0, 0), Source::Ebpf, false);
+        assert_eq!(message.metrics.disk_read_bytes, None);
+        assert!(message.details.disk.is_none());
+        assert!(message.details.network.is_some());
+        let mut task = self::task(Preset::Minimal, t0);
+        let json =
+            serde_json::to_value(task.next_message(&observation(t0, 0), Source::Ebpf, false))
+                .unwrap();
+        assert!(json.get("details").is_none(), "{json}");
+        assert!(json["metrics"].get("network_rx_bytes").is_none());
     }
 
     #[test]

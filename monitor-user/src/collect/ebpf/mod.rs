@@ -14,22 +14,84 @@ use anyhow::{Context as _, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, PerCpuValues},
-    programs::BtfTracePoint,
+    programs::{BtfTracePoint, FExit},
 };
-use monitor_common::{KernelStats, MAX_TASKS, TaskCounters, globals, maps};
+use monitor_common::{KernelStats, LAYOUT_GLOBAL, MAX_TASKS, TaskCounters, maps};
 
-use super::KernelTotals;
+use super::{DiskTotals, KernelTotals, NetTotals};
 
 /// The kernel object built from `monitor-ebpf` by build.rs.
 static PROGRAMS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
 
-/// Every program, by the tracepoint it attaches to (programs are named after it).
-const TRACEPOINTS: [&str; 4] = [
-    "sched_process_fork",
-    "sched_process_exit",
-    "sched_process_free",
-    "sched_stat_runtime",
+/// Every program of the object and where it attaches.
+const HOOKS: &[Hook] = &[
+    Hook::required(Kind::Tracepoint, "task_newtask", "task_newtask"),
+    Hook::required(Kind::Tracepoint, "sched_process_exit", "sched_process_exit"),
+    Hook::required(Kind::Tracepoint, "sched_process_free", "sched_process_free"),
+    Hook::required(Kind::Tracepoint, "sched_stat_runtime", "sched_stat_runtime"),
+    Hook::required(Kind::Tracepoint, "block_bio_queue", "block_bio_queue"),
+    Hook::required(
+        Kind::Tracepoint,
+        "writeback_dirty_folio",
+        "writeback_dirty_folio",
+    ),
+    Hook::required(Kind::Tracepoint, "sock_send_length", "sock_send_length"),
+    Hook::required(Kind::Tracepoint, "sock_recv_length", "sock_recv_length"),
+    Hook::optional(
+        Kind::FExit,
+        "tcp_splice_read",
+        "tcp_splice_read",
+        "bytes spliced out of TCP sockets",
+    ),
+    Hook::optional(
+        Kind::FExit,
+        "unix_stream_splice_read",
+        "unix_stream_splice_read",
+        "bytes spliced out of AF_UNIX stream sockets",
+    ),
 ];
+
+#[derive(Clone, Copy)]
+enum Kind {
+    /// A BTF tracepoint (tp_btf).
+    Tracepoint,
+    /// An fexit program (BPF trampoline).
+    FExit,
+}
+
+struct Hook {
+    kind: Kind,
+    program: &'static str,
+    /// Tracepoint or kernel function.
+    target: &'static str,
+    /// What is not counted if the hook cannot attach; `None`: required.
+    uncounted_without: Option<&'static str>,
+}
+
+impl Hook {
+    const fn required(kind: Kind, program: &'static str, target: &'static str) -> Self {
+        Hook {
+            kind,
+            program,
+            target,
+            uncounted_without: None,
+        }
+    }
+
+    const fn optional(
+        kind: Kind,
+        program: &'static str,
+        target: &'static str,
+        uncounted: &'static str,
+    ) -> Self {
+        Hook {
+            kind,
+            program,
+            target,
+            uncounted_without: Some(uncounted),
+        }
+    }
+}
 
 /// Why the eBPF backend is unavailable; the message is one actionable line.
 #[derive(Debug, thiserror::Error)]
@@ -58,15 +120,21 @@ impl EbpfBackend {
 
     fn load_checked() -> anyhow::Result<Self> {
         raise_memlock_limit();
-        let offsets = btf::KernelBtf::load(Path::new(btf::VMLINUX_BTF))?.task_struct_offsets()?;
+        let page_size = u32::try_from(procfs::page_size()).context("page size")?;
+        let layout = btf::KernelBtf::load(Path::new(btf::VMLINUX_BTF))?.kernel_layout(page_size)?;
         let mut ebpf = EbpfLoader::new()
-            .override_global(globals::TASK_PID_OFFSET, &offsets.pid, true)
-            .override_global(globals::TASK_TGID_OFFSET, &offsets.tgid, true)
+            .override_global(LAYOUT_GLOBAL, &layout, true)
             .load(PROGRAMS_OBJECT)
             .context("loading the eBPF object (maps and globals)")?;
         let kernel_btf = Btf::from_sys_fs().context("reading kernel BTF")?;
-        for tracepoint in TRACEPOINTS {
-            attach(&mut ebpf, tracepoint, &kernel_btf)?;
+        for hook in HOOKS {
+            match (attach(&mut ebpf, hook, &kernel_btf), hook.uncounted_without) {
+                (Ok(()), _) => {}
+                (Err(err), None) => return Err(err),
+                (Err(err), Some(uncounted)) => {
+                    tracing::warn!("{uncounted} are not counted: {err:#}");
+                }
+            }
         }
         Ok(EbpfBackend {
             counters: PerCpuArray::try_from(take_map(&mut ebpf, maps::TASK_COUNTERS)?)?,
@@ -114,6 +182,17 @@ impl EbpfBackend {
             live_processes: sum.live_processes(),
             live_threads: sum.live_threads(),
             processes_started: sum.procs_started,
+            disk: DiskTotals {
+                read_bytes: sum.disk_read_bytes,
+                dirtied_bytes: sum.disk_dirtied_bytes,
+                direct_write_bytes: sum.disk_direct_write_bytes,
+                submitted_write_bytes: sum.disk_submitted_write_bytes,
+                cancelled_write_bytes: sum.disk_cancelled_write_bytes,
+            },
+            net: NetTotals {
+                tx: sum.net_tx,
+                rx: sum.net_rx,
+            },
         })
     }
 
@@ -137,17 +216,30 @@ impl EbpfBackend {
     }
 }
 
-fn attach(ebpf: &mut Ebpf, tracepoint: &str, btf: &Btf) -> anyhow::Result<()> {
-    let program: &mut BtfTracePoint = ebpf
-        .program_mut(tracepoint)
-        .ok_or_else(|| anyhow!("program {tracepoint} missing from the eBPF object"))?
-        .try_into()?;
-    program.load(tracepoint, btf).with_context(|| {
-        format!("loading the {tracepoint} program (needs Linux 6.16+ with BTF tracepoints)")
-    })?;
-    program
-        .attach()
-        .with_context(|| format!("attaching to tracepoint {tracepoint}"))?;
+fn attach(ebpf: &mut Ebpf, hook: &Hook, btf: &Btf) -> anyhow::Result<()> {
+    let Hook {
+        kind,
+        program: name,
+        target,
+        ..
+    } = *hook;
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+    let loading = || format!("loading the {name} program for {target}");
+    let attaching = || format!("attaching to {target}");
+    match kind {
+        Kind::Tracepoint => {
+            let program: &mut BtfTracePoint = program.try_into()?;
+            program.load(target, btf).with_context(loading)?;
+            program.attach().with_context(attaching)?;
+        }
+        Kind::FExit => {
+            let program: &mut FExit = program.try_into()?;
+            program.load(target, btf).with_context(loading)?;
+            program.attach().with_context(attaching)?;
+        }
+    }
     Ok(())
 }
 

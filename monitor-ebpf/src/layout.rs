@@ -1,0 +1,45 @@
+//! Reads of kernel struct fields at offsets the loader resolved from the
+//! running kernel's BTF (`monitor_common::KernelLayout`): Rust eBPF has no
+//! CO-RE relocations yet.
+
+use aya_ebpf::{Global, helpers::bpf_probe_read_kernel};
+use monitor_common::KernelLayout;
+
+#[unsafe(no_mangle)]
+static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
+    task_pid: 0,
+    task_tgid: 0,
+    task_bio_list: 0,
+    task_cancelled_write_bytes: 0,
+    sock_family: 0,
+    sock_protocol: 0,
+    bio_opf: 0,
+    bio_size: 0,
+    folio_flags: 0,
+    folio_nr_pages: 0,
+    pg_head_bit: 0,
+    req_meta_bit: 0,
+    req_idle_bit: 0,
+    page_size: 0,
+});
+
+#[inline(always)]
+pub fn layout() -> KernelLayout {
+    LAYOUT.load()
+}
+
+/// Reads a `T` at `base + offset` in kernel memory.
+#[inline(always)]
+pub fn read<T>(base: u64, offset: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel validates the address itself.
+    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.ok()
+}
+
+/// `(pid, tgid)` of a task: its thread id and its process id.
+#[inline(always)]
+pub fn task_pid_tgid(task: u64) -> Option<(u32, u32)> {
+    let layout = layout();
+    let pid = read::<i32>(task, layout.task_pid)?;
+    let tgid = read::<i32>(task, layout.task_tgid)?;
+    Some((pid as u32, tgid as u32))
+}

@@ -1,0 +1,123 @@
+//! Network payload bytes per task, per protocol.
+//!
+//! Hooks, all in process context (the task moving the data):
+//! - `tp_btf/sock_send_length`, `tp_btf/sock_recv_length` (Linux 6.3+):
+//!   fired by `sock_sendmsg`/`sock_recvmsg` with the byte count or -errno,
+//!   for read/write, send*/recv*, sendmmsg/recvmmsg, sendfile and splice to
+//!   a socket, and io_uring. `MSG_PEEK` receives move nothing and count nothing.
+//! - `fexit/tcp_splice_read`, `fexit/unix_stream_splice_read`: splicing out
+//!   of a TCP or AF_UNIX stream socket reads through `read_sock`, which
+//!   bypasses `sock_recvmsg`. Optional: kernels under lockdown refuse
+//!   fentry/fexit programs, and the loader then says what is not counted.
+//!
+//! Payload only: no headers, no retransmissions, no in-kernel consumers.
+
+use aya_ebpf::{
+    macros::{btf_tracepoint, fexit},
+    programs::{BtfTracePointContext, FExitContext},
+};
+use monitor_common::{NetBucket, TaskCounters};
+
+use crate::{
+    layout::{layout, read},
+    maps::{add, current_task_counters},
+};
+
+/// Address families and protocols (include/linux/socket.h, uapi/linux/in.h).
+const AF_UNIX: u16 = 1;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
+const IPPROTO_UDP: u16 = 17;
+const IPPROTO_UDPLITE: u16 = 136;
+/// recvmsg flag (include/linux/socket.h).
+const MSG_PEEK: u32 = 2;
+
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
+    count(&ctx, Direction::Sent);
+    0
+}
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
+    if ctx.arg::<u32>(2) & MSG_PEEK == 0 {
+        count(&ctx, Direction::Received);
+    }
+    0
+}
+
+#[fexit(function = "tcp_splice_read")]
+pub fn tcp_splice_read(ctx: FExitContext) -> u32 {
+    count_splice(&ctx, NetBucket::Tcp);
+    0
+}
+
+#[fexit(function = "unix_stream_splice_read")]
+pub fn unix_stream_splice_read(ctx: FExitContext) -> u32 {
+    count_splice(&ctx, NetBucket::Unix);
+    0
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Sent,
+    Received,
+}
+
+/// `(struct sock *sk, int ret, int flags)`: `ret` is bytes or -errno.
+#[inline(always)]
+fn count(ctx: &BtfTracePointContext, direction: Direction) {
+    let ret = ctx.arg::<i32>(1);
+    if ret <= 0 {
+        return;
+    }
+    let Some(counters) = current_task_counters() else {
+        return;
+    };
+    if let Some(bucket) = bucket_of(ctx.arg::<u64>(0)) {
+        add_bytes(counters, bucket, direction, ret as u64);
+    }
+}
+
+/// Both splice_read functions take 5 arguments; the 6th slot is the return
+/// value (ssize_t bytes, or -errno).
+#[inline(always)]
+fn count_splice(ctx: &FExitContext, bucket: NetBucket) {
+    let ret = ctx.arg::<i64>(5);
+    if ret <= 0 {
+        return;
+    }
+    if let Some(counters) = current_task_counters() {
+        add_bytes(counters, bucket, Direction::Received, ret as u64);
+    }
+}
+
+#[inline(always)]
+fn add_bytes(counters: &mut TaskCounters, bucket: NetBucket, direction: Direction, bytes: u64) {
+    let index = bucket as usize;
+    let totals = match direction {
+        Direction::Sent => &mut counters.net_tx,
+        Direction::Received => &mut counters.net_rx,
+    };
+    if let Some(total) = totals.get_mut(index) {
+        add(total, bytes);
+    }
+}
+
+/// The bucket of a socket; `None` for families we do not report (netlink,
+/// packet, vsock...).
+#[inline(always)]
+fn bucket_of(sock: u64) -> Option<NetBucket> {
+    let layout = layout();
+    let family = read::<u16>(sock, layout.sock_family)?;
+    match family {
+        AF_UNIX => Some(NetBucket::Unix),
+        AF_INET | AF_INET6 => Some(match read::<u16>(sock, layout.sock_protocol)? {
+            IPPROTO_TCP => NetBucket::Tcp,
+            IPPROTO_UDP | IPPROTO_UDPLITE => NetBucket::Udp,
+            _ => NetBucket::Other,
+        }),
+        _ => None,
+    }
+}
