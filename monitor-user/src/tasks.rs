@@ -99,7 +99,6 @@ impl Task {
             process_count: observation.kernel.live_processes,
             processes_started: Some(observation.kernel.processes_started),
             timestamp: timestamp.clone(),
-            ..TaskMetrics::default()
         };
         let details = Details {
             disk: profile.collect_disk_io.then(|| disk_details(&kernel.disk)),

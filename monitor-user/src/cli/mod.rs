@@ -98,4 +98,46 @@ pub enum WorkloadKind {
         #[arg(long, default_value_t = 0.0)]
         linger: f64,
     },
+    /// TCP, UDP and AF_UNIX traffic through every kind of socket call, on
+    /// loopback and, if given, with a `net-peer` elsewhere; reports the
+    /// bytes the calls returned.
+    Net {
+        /// A `net-peer` reachable over IPv4, e.g. 192.0.2.2:7070.
+        #[arg(long)]
+        peer4: Option<std::net::SocketAddr>,
+        /// A `net-peer` reachable over IPv6, e.g. [2001:db8::2]:7070.
+        #[arg(long)]
+        peer6: Option<std::net::SocketAddr>,
+        /// Where to write the ground truth as JSON.
+        #[arg(long)]
+        report: Option<std::path::PathBuf>,
+    },
+    /// The other end for `net`: TCP and UDP echo service on [::]:PORT.
+    NetPeer {
+        #[arg(long, default_value_t = 7070)]
+        port: u16,
+    },
+    /// Small TCP sends from many threads and processes at once.
+    NetHammer {
+        #[arg(long, default_value_t = 8)]
+        threads: usize,
+        #[arg(long, default_value_t = 4)]
+        processes: usize,
+        /// Sends per thread or process.
+        #[arg(long, default_value_t = 20_000)]
+        sends: usize,
+        /// Bytes per send.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long)]
+        report: Option<std::path::PathBuf>,
+    },
+    /// Direct I/O, fsync'd buffered writes, reads after dropping the page
+    /// cache, and writes truncated before writeback, under DIR (not tmpfs).
+    Disk {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        #[arg(long)]
+        report: Option<std::path::PathBuf>,
+    },
 }

@@ -8,7 +8,9 @@
 
 mod cli;
 mod cpu;
+mod disk;
 mod lifecycle;
+mod net;
 
 use std::{
     io::{BufRead as _, BufReader},
