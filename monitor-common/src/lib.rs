@@ -15,6 +15,18 @@ pub const MAX_TRACKED_THREADS: u32 = 131_072;
 pub const MAX_TRACKED_PROCS: u32 = 65_536;
 /// Threads that may be waiting to have their next child adopted (`SPAWN_PENDING`).
 pub const MAX_PENDING_SPAWNS: u32 = 1024;
+/// Running threads waiting to be adopted into a task (`ADOPT_PENDING`).
+pub const MAX_PENDING_ADOPTIONS: u32 = 65_536;
+/// Bytes of the `TASK_EVENTS` ring buffer (a power of two, page multiple).
+pub const TASK_EVENTS_BYTES: u32 = 256 * 1024;
+
+/// Per-task collection flags (`TASK_CONFIG`, copied into [`ThreadState`]):
+/// a hook family does nothing for a task without its flag.
+pub mod collect {
+    pub const CPU: u32 = 1;
+    pub const DISK: u32 = 2;
+    pub const NETWORK: u32 = 4;
+}
 
 /// Names of the maps, as the loader looks them up.
 pub mod maps {
@@ -29,6 +41,16 @@ pub mod maps {
     pub const SPAWN_PENDING: &str = "SPAWN_PENDING";
     /// `PerCpuArray<KernelStats>` with a single entry.
     pub const KERNEL_STATS: &str = "KERNEL_STATS";
+    /// `Array<u32>` indexed by slot: the task's `collect` flags.
+    pub const TASK_CONFIG: &str = "TASK_CONFIG";
+    /// `HashMap<u32 tid, PendingThread>`: running threads to adopt the next
+    /// time the kernel sees them (`propmon agent --attach`).
+    pub const ADOPT_PENDING: &str = "ADOPT_PENDING";
+    /// `Array<u32>` with one entry: non-zero while `ADOPT_PENDING` may hold
+    /// entries, so that hooks look there only then.
+    pub const ADOPT_GATE: &str = "ADOPT_GATE";
+    /// `RingBuf` of [`TaskEvent`]s.
+    pub const TASK_EVENTS: &str = "TASK_EVENTS";
 }
 
 /// Name of the read-only global holding the [`KernelLayout`].
@@ -51,6 +73,11 @@ pub struct KernelLayout {
     pub task_bio_list: u32,
     /// `task_struct.ioac.cancelled_write_bytes` (u64, CONFIG_TASK_IO_ACCOUNTING).
     pub task_cancelled_write_bytes: u32,
+    /// `task_struct.start_boottime` (u64 ns since boot).
+    pub task_start_boottime: u32,
+    /// Nanoseconds per clock tick (USER_HZ), the unit of `/proc/<pid>/stat`
+    /// starttime.
+    pub ns_per_clock_tick: u32,
     /// `sock.__sk_common.skc_family` (u16).
     pub sock_family: u32,
     /// `sock.sk_protocol` (u16).
@@ -79,10 +106,37 @@ pub struct KernelLayout {
 pub struct ThreadState {
     /// The task the thread belongs to.
     pub slot: u32,
-    pub _padding: u32,
+    /// The task's [`collect`] flags.
+    pub flags: u32,
     /// The thread's `ioac.cancelled_write_bytes` when last charged: the
     /// kernel keeps that figure per thread and has no hook where it grows.
     pub cancelled_write_bytes_seen: u64,
+}
+
+/// A running thread to adopt: userspace found it in `/proc`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingThread {
+    pub slot: u32,
+    pub _padding: u32,
+    /// `/proc/<tid>/stat` starttime (clock ticks since boot): a recycled
+    /// TID belongs to a thread that started later and is not adopted.
+    pub start_ticks: u64,
+}
+
+/// Something userspace must react to without polling every task.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskEvent {
+    pub slot: u32,
+    /// One of [`TaskEvent::PROCESS_EXITED`].
+    pub kind: u32,
+}
+
+impl TaskEvent {
+    /// The last thread of one of the task's processes exited: the task may
+    /// be over once its threads are released.
+    pub const PROCESS_EXITED: u32 = 1;
 }
 
 /// Network protocol buckets of [`TaskCounters::net_tx`] / `net_rx`.
@@ -184,6 +238,8 @@ pub struct KernelStats {
     pub thread_insert_failures: u64,
     /// New tracked processes that could not be recorded (map full).
     pub proc_insert_failures: u64,
+    /// Task events lost because the ring buffer was full.
+    pub event_drops: u64,
 }
 
 impl KernelStats {
@@ -195,6 +251,7 @@ impl KernelStats {
         self.proc_insert_failures = self
             .proc_insert_failures
             .wrapping_add(other.proc_insert_failures);
+        self.event_drops = self.event_drops.wrapping_add(other.event_drops);
     }
 
     /// Total of all failure counters.
@@ -212,4 +269,6 @@ mod pod {
     unsafe impl aya::Pod for super::KernelStats {}
     unsafe impl aya::Pod for super::KernelLayout {}
     unsafe impl aya::Pod for super::ThreadState {}
+    unsafe impl aya::Pod for super::PendingThread {}
+    unsafe impl aya::Pod for super::TaskEvent {}
 }

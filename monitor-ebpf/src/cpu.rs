@@ -10,19 +10,27 @@
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
+use monitor_common::collect;
+
 use crate::{
     disk,
-    maps::{add, task_counters, tracked_thread},
+    lifecycle::thread_of,
+    maps::{add, task_counters},
 };
 
 #[btf_tracepoint(function = "sched_stat_runtime")]
 pub fn sched_stat_runtime(ctx: BtfTracePointContext) -> u32 {
     let task: u64 = ctx.arg::<u64>(0);
-    let Some(thread) = tracked_thread(task) else {
+    let Some(thread) = thread_of(task) else {
         return 0;
     };
-    if let Some(counters) = task_counters(thread.slot) {
+    let Some(counters) = task_counters(thread.slot) else {
+        return 0;
+    };
+    if thread.flags & collect::CPU != 0 {
         add(&mut counters.cpu_ns, ctx.arg::<u64>(1));
+    }
+    if thread.flags & collect::DISK != 0 {
         // Runs whenever the thread stops running: a truncate it just did
         // shows within one slice.
         disk::charge_cancelled_writes(task, thread, counters);

@@ -23,12 +23,23 @@
 use aya_ebpf::{
     helpers::bpf_get_current_task, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
-use monitor_common::{KernelLayout, TaskCounters, ThreadState};
+use monitor_common::{KernelLayout, TaskCounters, ThreadState, collect};
 
 use crate::{
     layout::{layout, read},
-    maps::{add, current_task_counters},
+    lifecycle::current_thread,
+    maps::{add, task_counters},
 };
+
+/// The counters of the current thread's task, if it collects disk I/O.
+#[inline(always)]
+fn current_disk_counters() -> Option<&'static mut TaskCounters> {
+    let thread = current_thread()?;
+    if thread.flags & collect::DISK == 0 {
+        return None;
+    }
+    task_counters(thread.slot)
+}
 
 /// Width of the operation field of `bi_opf` (REQ_OP_BITS, a #define in
 /// include/linux/blk_types.h, so not in BTF).
@@ -39,7 +50,7 @@ const REQ_OP_WRITE: u32 = 1;
 
 #[btf_tracepoint(function = "block_bio_queue")]
 pub fn block_bio_queue(ctx: BtfTracePointContext) -> u32 {
-    let Some(counters) = current_task_counters() else {
+    let Some(counters) = current_disk_counters() else {
         return 0;
     };
     let layout = layout();
@@ -88,7 +99,7 @@ fn is_direct_io_write(opf: u32, layout: &KernelLayout) -> bool {
 
 #[btf_tracepoint(function = "writeback_dirty_folio")]
 pub fn writeback_dirty_folio(ctx: BtfTracePointContext) -> u32 {
-    if let Some(counters) = current_task_counters() {
+    if let Some(counters) = current_disk_counters() {
         add(
             &mut counters.disk_dirtied_bytes,
             folio_bytes(ctx.arg::<u64>(0)),

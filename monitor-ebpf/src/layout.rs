@@ -11,6 +11,8 @@ static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
     task_tgid: 0,
     task_bio_list: 0,
     task_cancelled_write_bytes: 0,
+    task_start_boottime: 0,
+    ns_per_clock_tick: 0,
     sock_family: 0,
     sock_protocol: 0,
     bio_opf: 0,

@@ -4,13 +4,12 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    helpers::bpf_get_current_task,
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use monitor_common::{
-    KernelStats, MAX_PENDING_SPAWNS, MAX_TASKS, MAX_TRACKED_PROCS, MAX_TRACKED_THREADS,
-    TaskCounters, ThreadState,
+    KernelStats, MAX_PENDING_ADOPTIONS, MAX_PENDING_SPAWNS, MAX_TASKS, MAX_TRACKED_PROCS,
+    MAX_TRACKED_THREADS, PendingThread, TASK_EVENTS_BYTES, TaskCounters, ThreadState,
 };
 
 /// Tracked threads, keyed by `task_struct` address rather than TID: the
@@ -35,6 +34,24 @@ pub static TASK_COUNTERS: PerCpuArray<TaskCounters> = PerCpuArray::with_max_entr
 #[map(name = "SPAWN_PENDING")]
 pub static SPAWN_PENDING: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PENDING_SPAWNS, 0);
 
+/// Per-task `collect` flags, set by userspace before the task's first thread
+/// is adopted and copied into each of its threads' state.
+#[map(name = "TASK_CONFIG")]
+pub static TASK_CONFIG: Array<u32> = Array::with_max_entries(MAX_TASKS, 0);
+
+/// Running threads to adopt (tid -> task), filled from `/proc` by userspace.
+#[map(name = "ADOPT_PENDING")]
+pub static ADOPT_PENDING: HashMap<u32, PendingThread> =
+    HashMap::with_max_entries(MAX_PENDING_ADOPTIONS, 0);
+
+/// Non-zero while `ADOPT_PENDING` may hold entries.
+#[map(name = "ADOPT_GATE")]
+pub static ADOPT_GATE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Events userspace reacts to (see `monitor_common::TaskEvent`).
+#[map(name = "TASK_EVENTS")]
+pub static TASK_EVENTS: RingBuf = RingBuf::with_byte_size(TASK_EVENTS_BYTES, 0);
+
 /// Health counters: every lost record is counted here.
 #[map(name = "KERNEL_STATS")]
 pub static KERNEL_STATS: PerCpuArray<KernelStats> = PerCpuArray::with_max_entries(1, 0);
@@ -50,18 +67,16 @@ pub fn tracked_thread(task: u64) -> Option<&'static mut ThreadState> {
         .map(|p| unsafe { &mut *p })
 }
 
-/// The task slot of a tracked thread, by `task_struct` address.
+/// The `collect` flags of a task.
 #[inline(always)]
-pub fn tracked_slot(task: u64) -> Option<u32> {
-    tracked_thread(task).map(|thread| thread.slot)
+pub fn task_flags(slot: u32) -> u32 {
+    TASK_CONFIG.get(slot).copied().unwrap_or(0)
 }
 
-/// The counters of the task the current thread belongs to, if tracked.
+/// Whether userspace has threads waiting for adoption.
 #[inline(always)]
-pub fn current_task_counters() -> Option<&'static mut TaskCounters> {
-    // SAFETY: bpf_get_current_task has no preconditions.
-    let current = unsafe { bpf_get_current_task() };
-    tracked_slot(current).and_then(task_counters)
+pub fn adoption_pending() -> bool {
+    ADOPT_GATE.get(0).is_some_and(|gate| *gate != 0)
 }
 
 /// This CPU's counters of `slot`; `None` only for a slot out of range.

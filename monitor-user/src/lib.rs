@@ -1,15 +1,21 @@
 //! propmon: per-task resource accounting from the kernel, published in
 //! Propeller's metrics format.
 //!
-//! - `tasks`: the registry of monitored tasks and their sampling state.
+//! - `engine`: the sampling loop over every task, one backend, one output.
+//! - `tasks`: a monitored task and its sampling state; `history` its window.
 //! - `profiles`: Propeller's monitoring profiles (what to collect, how often).
 //! - `collect`: where the numbers come from (`ebpf` in the kernel, `procfs`).
-//! - `message`: the JSON messages we emit, field for field.
+//! - `message`: the JSON messages we emit, field for field; `export` sends them.
+//! - `proplet`: the agent's own metrics.
 //! - `cli`: one module per subcommand.
 
 pub mod cli;
 pub mod collect;
 pub mod duration;
+pub mod engine;
+pub mod export;
+pub mod history;
 pub mod message;
 pub mod profiles;
+pub mod proplet;
 pub mod tasks;

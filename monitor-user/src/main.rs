@@ -19,12 +19,13 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        #[cfg(target_os = "linux")]
         Command::Run(args) => propmon::cli::run::run(args),
+        Command::Agent(args) => propmon::cli::agent::run(args),
+        Command::Profiles(args) => propmon::cli::profiles::run(args),
         #[cfg(target_os = "linux")]
         Command::Workload(args) => propmon::cli::workload::run(args),
         #[cfg(not(target_os = "linux"))]
-        _ => anyhow::bail!("this command needs Linux"),
+        Command::Workload(_) => anyhow::bail!("the built-in workloads need Linux"),
     }
 }
 

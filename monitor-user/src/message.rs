@@ -40,6 +40,10 @@ pub struct TaskMetricsMessage {
     /// `true` on the last message of a task, which carries its final totals.
     #[serde(rename = "final")]
     pub is_final: bool,
+    /// How the figures were attributed when not to the task's own processes
+    /// (`"proplet-process"`: the task runs inside the proplet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribution: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -129,18 +133,65 @@ pub struct Traffic {
     pub tx_bytes: u64,
 }
 
-/// Aggregates over a task's retained history (Propeller's field names).
+/// Aggregates over a task's retained history (Propeller's field names;
+/// computed as documented in `history`). Uncollected figures are omitted.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Aggregated {
-    pub avg_cpu_usage: f64,
-    pub max_cpu_usage: f64,
-    pub avg_memory_usage: f64,
-    pub max_memory_usage: u64,
-    pub total_disk_read: u64,
-    pub total_disk_write: u64,
-    pub total_network_rx: u64,
-    pub total_network_tx: u64,
+    /// Mean `cpu_percent` of the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avg_cpu_usage: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cpu_usage: Option<f64>,
+    /// Mean `memory_bytes` of the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avg_memory_usage: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_usage: Option<u64>,
+    /// Bytes moved during the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_disk_read: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_disk_write: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_network_rx: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_network_tx: Option<u64>,
     pub sample_count: u64,
+}
+
+/// Proplet-level message (`control/proplet/metrics`): the agent itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PropletMetricsMessage {
+    pub proplet_id: String,
+    pub namespace: String,
+    pub timestamp: String,
+    pub cpu_metrics: CpuMetrics,
+    pub memory_metrics: MemoryMetrics,
+    /// CPU use of the whole host over the interval, 100 = all cores busy.
+    pub host_cpu_percent: f64,
+    /// Tasks being monitored.
+    pub task_count: u64,
+    /// Messages dropped because the export queue was full, since start.
+    pub dropped_messages: u64,
+    pub source: Source,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CpuMetrics {
+    /// CPU time of the agent since it started, seconds.
+    pub user_seconds: f64,
+    pub system_seconds: f64,
+    /// The agent's CPU over the interval, 100 = one core.
+    pub percent: f64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemoryMetrics {
+    pub rss_bytes: u64,
+    /// Go runtime figures in Propeller's Go proplet; always 0 here.
+    pub heap_alloc_bytes: u64,
+    pub heap_sys_bytes: u64,
+    pub heap_inuse_bytes: u64,
 }
 
 /// RFC 3339 in UTC with milliseconds, e.g. `2025-01-15T10:30:00.000Z`.
@@ -215,6 +266,7 @@ mod tests {
             source: Source::Ebpf,
             seq: 7,
             is_final: false,
+            attribution: None,
         }
     }
 

@@ -1,11 +1,12 @@
-//! Monitored tasks: identity, profile, kernel slot and sampling state.
+//! Monitored tasks: identity, profile, kernel slot, sampling state, history.
 
 use std::time::{Duration, Instant, SystemTime};
 
 use monitor_common::NetBucket;
 
 use crate::{
-    collect::{DiskTotals, KernelTotals, NetTotals, ProcessSample},
+    collect::{DiskBreakdown, NetTotals, ProcessSample, TaskTotals},
+    history::{History, Sample},
     message::{
         self, Details, DiskDetails, NetworkDetails, Source, TaskMetrics, TaskMetricsMessage,
         Traffic,
@@ -19,24 +20,33 @@ pub struct TaskSpec {
     pub task_id: String,
     pub proplet_id: String,
     pub profile: MonitoringProfile,
+    /// How the task's processes are found, reported as `attribution` when
+    /// it is not the task's own processes.
+    pub attribution: Option<String>,
 }
 
 /// One monitored task and what its next message is computed from.
 #[derive(Debug)]
 pub struct Task {
     pub spec: TaskSpec,
-    /// Index of the task's counters in the kernel.
+    /// Index of the task's counters in the backend.
     pub slot: u32,
     started: Instant,
     seq: u64,
-    /// When the previous message was sampled, and the CPU total then.
-    previous: (Instant, u64),
+    /// When the next message is due.
+    pub next_due: Instant,
+    /// The previous sample's time and cumulative totals.
+    previous: (Instant, TaskTotals),
+    history: History,
+    /// Since when the task has had no live process (waiting for the
+    /// kernel to release its threads).
+    pub processes_gone_since: Option<Instant>,
 }
 
 /// Everything measured about a task at one instant.
 #[derive(Clone, Copy, Debug)]
 pub struct Observation {
-    pub kernel: KernelTotals,
+    pub totals: TaskTotals,
     pub processes: ProcessSample,
     pub host_memory_bytes: u64,
     pub at: Instant,
@@ -45,20 +55,30 @@ pub struct Observation {
 
 impl Task {
     pub fn new(spec: TaskSpec, slot: u32, started: Instant) -> Self {
+        let history = History::new(spec.profile.history_capacity());
+        let next_due = started + spec.profile.interval;
         Task {
             spec,
             slot,
             started,
             seq: 0,
-            previous: (started, 0),
+            next_due,
+            previous: (started, TaskTotals::default()),
+            history,
+            processes_gone_since: None,
         }
     }
 
-    pub fn started(&self) -> Instant {
-        self.started
+    /// Moves `next_due` past `now` by whole intervals (a late round skips
+    /// the missed ones rather than bursting).
+    pub fn schedule_after(&mut self, now: Instant) {
+        let interval = self.spec.profile.interval;
+        while self.next_due <= now {
+            self.next_due += interval;
+        }
     }
 
-    /// The task's next message, with the profile's uncollected figures omitted.
+    /// The task's next message, with uncollected or unknown figures omitted.
     pub fn next_message(
         &mut self,
         observation: &Observation,
@@ -66,61 +86,76 @@ impl Task {
         is_final: bool,
     ) -> TaskMetricsMessage {
         let profile = &self.spec.profile;
-        let (previous_at, previous_cpu_ns) = self.previous;
-        let cpu_ns = observation.kernel.cpu_ns;
+        let (previous_at, previous) = self.previous;
+        let totals = observation.totals;
         let elapsed = observation.at.saturating_duration_since(previous_at);
-        self.previous = (observation.at, cpu_ns);
+        self.previous = (observation.at, totals);
         self.seq += 1;
 
         let processes = &observation.processes;
-        let kernel = &observation.kernel;
+        let cpu_percent = profile
+            .collect_cpu
+            .then(|| message::cpu_percent(totals.cpu_ns.saturating_sub(previous.cpu_ns), elapsed));
+        let memory_bytes = profile.collect_memory.then_some(processes.memory_bytes);
+        let disk = totals.disk.filter(|_| profile.collect_disk_io);
+        let net = totals.net.filter(|_| profile.collect_network_io);
+        let growth =
+            |now: Option<u64>, before: Option<u64>| Some(now?.saturating_sub(before.unwrap_or(0)));
+        self.history.push(Sample {
+            cpu_percent,
+            memory_bytes,
+            disk_read: growth(
+                disk.map(|d| d.read_bytes),
+                previous.disk.map(|d| d.read_bytes),
+            ),
+            disk_write: growth(
+                disk.map(|d| d.write_bytes),
+                previous.disk.map(|d| d.write_bytes),
+            ),
+            network_rx: growth(net.map(|n| n.inet_rx()), previous.net.map(|n| n.inet_rx())),
+            network_tx: growth(net.map(|n| n.inet_tx()), previous.net.map(|n| n.inet_tx())),
+        });
+
         let timestamp = message::rfc3339(observation.wall);
         let metrics = TaskMetrics {
-            cpu_percent: profile
-                .collect_cpu
-                .then(|| message::cpu_percent(cpu_ns.saturating_sub(previous_cpu_ns), elapsed)),
-            cpu_time_ns: profile.collect_cpu.then_some(cpu_ns),
-            memory_bytes: profile.collect_memory.then_some(processes.memory_bytes),
-            memory_percent: profile.collect_memory.then(|| {
-                message::percent(
-                    processes.memory_bytes as f64,
-                    observation.host_memory_bytes as f64,
-                )
-            }),
+            cpu_percent,
+            cpu_time_ns: profile.collect_cpu.then_some(totals.cpu_ns),
+            memory_bytes,
+            memory_percent: memory_bytes
+                .map(|bytes| message::percent(bytes as f64, observation.host_memory_bytes as f64)),
+            disk_read_bytes: disk.map(|d| d.read_bytes),
+            disk_write_bytes: disk.map(|d| d.write_bytes),
+            network_rx_bytes: net.map(|n| n.inet_rx()),
+            network_tx_bytes: net.map(|n| n.inet_tx()),
             uptime_seconds: uptime(self.started, observation.at).as_secs(),
-            thread_count: profile.collect_threads.then_some(processes.threads),
-            file_descriptor_count: profile
-                .collect_file_descriptors
-                .then_some(processes.file_descriptors),
-            disk_read_bytes: profile.collect_disk_io.then_some(kernel.disk.read_bytes),
-            disk_write_bytes: profile.collect_disk_io.then_some(kernel.disk.write_bytes()),
-            network_rx_bytes: profile.collect_network_io.then_some(kernel.net.inet_rx()),
-            network_tx_bytes: profile.collect_network_io.then_some(kernel.net.inet_tx()),
-            process_count: observation.kernel.live_processes,
-            processes_started: Some(observation.kernel.processes_started),
+            thread_count: processes.threads.filter(|_| profile.collect_threads),
+            file_descriptor_count: processes
+                .file_descriptors
+                .filter(|_| profile.collect_file_descriptors),
+            process_count: totals.live_processes,
+            processes_started: totals.processes_started,
             timestamp: timestamp.clone(),
         };
         let details = Details {
-            disk: profile.collect_disk_io.then(|| disk_details(&kernel.disk)),
-            network: profile
-                .collect_network_io
-                .then(|| network_details(&kernel.net)),
+            disk: disk.and_then(|d| d.breakdown).map(disk_details),
+            network: net.map(|n| network_details(&n)),
         };
         TaskMetricsMessage {
             task_id: self.spec.task_id.clone(),
             proplet_id: self.spec.proplet_id.clone(),
             metrics,
-            aggregated: None,
+            aggregated: self.history.aggregate(),
             details,
             timestamp,
             source,
             seq: self.seq,
             is_final,
+            attribution: self.spec.attribution.clone(),
         }
     }
 }
 
-fn disk_details(disk: &DiskTotals) -> DiskDetails {
+fn disk_details(disk: DiskBreakdown) -> DiskDetails {
     DiskDetails {
         page_cache_write_bytes: disk.dirtied_bytes,
         direct_write_bytes: disk.direct_write_bytes,
@@ -146,7 +181,7 @@ fn uptime(started: Instant, now: Instant) -> Duration {
     now.saturating_duration_since(started)
 }
 
-/// Hands out kernel task slots, reusing freed ones first.
+/// Hands out task slots, reusing freed ones first.
 #[derive(Debug)]
 pub struct SlotAllocator {
     capacity: u32,
@@ -191,40 +226,48 @@ impl SlotAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profiles::Preset;
+    use crate::{collect::DiskTotals, profiles::Preset};
 
     fn task(preset: Preset, started: Instant) -> Task {
         let spec = TaskSpec {
             task_id: "task".into(),
             proplet_id: "proplet".into(),
             profile: preset.profile(),
+            attribution: None,
         };
         Task::new(spec, 3, started)
     }
 
-    fn observation(at: Instant, cpu_ns: u64) -> Observation {
+    fn totals(cpu_ns: u64, scale: u64) -> TaskTotals {
+        TaskTotals {
+            cpu_ns,
+            live_processes: 2,
+            live_threads: 5,
+            processes_started: Some(9),
+            disk: Some(DiskTotals {
+                read_bytes: 100 * scale,
+                write_bytes: 23 * scale,
+                breakdown: Some(DiskBreakdown {
+                    dirtied_bytes: 20 * scale,
+                    direct_write_bytes: 3 * scale,
+                    submitted_write_bytes: 7 * scale,
+                    cancelled_write_bytes: scale,
+                }),
+            }),
+            net: Some(NetTotals {
+                tx: [1, 2, 4, 1000].map(|n| n * scale),
+                rx: [10, 20, 40, 2000].map(|n| n * scale),
+            }),
+        }
+    }
+
+    fn observation(at: Instant, totals: TaskTotals) -> Observation {
         Observation {
-            kernel: KernelTotals {
-                cpu_ns,
-                live_processes: 2,
-                live_threads: 5,
-                processes_started: 9,
-                disk: DiskTotals {
-                    read_bytes: 100,
-                    dirtied_bytes: 20,
-                    direct_write_bytes: 3,
-                    submitted_write_bytes: 7,
-                    cancelled_write_bytes: 1,
-                },
-                net: NetTotals {
-                    tx: [1, 2, 4, 1000],
-                    rx: [10, 20, 40, 2000],
-                },
-            },
+            totals,
             processes: ProcessSample {
                 memory_bytes: 1 << 30,
-                threads: 5,
-                file_descriptors: 12,
+                threads: Some(5),
+                file_descriptors: Some(12),
                 processes: 2,
             },
             host_memory_bytes: 4 << 30,
@@ -237,8 +280,9 @@ mod tests {
     fn cpu_percent_covers_the_interval_since_the_previous_message() {
         let t0 = Instant::now();
         let mut task = task(Preset::Intensive, t0);
+        let at = |ms| t0 + Duration::from_millis(ms);
         let first = task.next_message(
-            &observation(t0 + Duration::from_secs(1), 900_000_000),
+            &observation(at(1000), totals(900_000_000, 1)),
             Source::Ebpf,
             false,
         );
@@ -246,7 +290,7 @@ mod tests {
         assert_eq!(first.metrics.cpu_percent, Some(90.0));
         assert_eq!(first.metrics.cpu_time_ns, Some(900_000_000));
         let second = task.next_message(
-            &observation(t0 + Duration::from_millis(1500), 1_900_000_000),
+            &observation(at(1500), totals(1_900_000_000, 1)),
             Source::Ebpf,
             true,
         );
@@ -263,7 +307,7 @@ mod tests {
     fn disk_and_network_totals_follow_proc_io_and_exclude_unix() {
         let t0 = Instant::now();
         let mut task = task(Preset::Intensive, t0);
-        let message = task.next_message(&observation(t0, 0), Source::Ebpf, false);
+        let message = task.next_message(&observation(t0, totals(0, 1)), Source::Ebpf, false);
         assert_eq!(message.metrics.disk_read_bytes, Some(100));
         assert_eq!(message.metrics.disk_write_bytes, Some(23));
         assert_eq!(message.metrics.network_tx_bytes, Some(7));
@@ -277,32 +321,74 @@ mod tests {
     }
 
     #[test]
+    fn aggregates_sum_growth_over_the_window() {
+        let t0 = Instant::now();
+        let mut task = task(Preset::Intensive, t0);
+        for (second, scale) in [(1, 1), (2, 3), (3, 6)] {
+            task.next_message(
+                &observation(t0 + Duration::from_secs(second), totals(0, scale)),
+                Source::Ebpf,
+                false,
+            );
+        }
+        let last = task.next_message(
+            &observation(t0 + Duration::from_secs(4), totals(0, 10)),
+            Source::Ebpf,
+            false,
+        );
+        let aggregated = last.aggregated.unwrap();
+        assert_eq!(aggregated.sample_count, 4);
+        // Growth 100 + 200 + 300 + 400 = the cumulative 1000.
+        assert_eq!(aggregated.total_disk_read, Some(1000));
+        assert_eq!(aggregated.total_network_tx, Some(70));
+        assert_eq!(aggregated.max_memory_usage, Some(1 << 30));
+    }
+
+    #[test]
     fn profiles_without_disk_or_network_omit_them_and_their_details() {
         let t0 = Instant::now();
         let mut task = task(Preset::RealTimeApi, t0);
-        let message = task.next_message(&observation(t0, 0), Source::Ebpf, false);
+        let message = task.next_message(&observation(t0, totals(0, 1)), Source::Ebpf, false);
         assert_eq!(message.metrics.disk_read_bytes, None);
         assert!(message.details.disk.is_none());
         assert!(message.details.network.is_some());
         let mut task = self::task(Preset::Minimal, t0);
-        let json =
-            serde_json::to_value(task.next_message(&observation(t0, 0), Source::Ebpf, false))
-                .unwrap();
+        let message = task.next_message(&observation(t0, totals(0, 1)), Source::Ebpf, false);
+        let json = serde_json::to_value(message).unwrap();
         assert!(json.get("details").is_none(), "{json}");
         assert!(json["metrics"].get("network_rx_bytes").is_none());
+        assert!(json["metrics"].get("thread_count").is_none());
+        assert_eq!(
+            json["aggregated"],
+            serde_json::Value::Null,
+            "minimal keeps no history"
+        );
     }
 
     #[test]
-    fn uncollected_figures_are_omitted() {
+    fn figures_a_backend_cannot_know_are_omitted() {
         let t0 = Instant::now();
-        let mut task = task(Preset::Minimal, t0);
-        let message = task.next_message(&observation(t0, 1), Source::Ebpf, false);
-        assert!(message.metrics.cpu_time_ns.is_some());
-        assert!(message.metrics.memory_bytes.is_some());
-        assert_eq!(message.metrics.thread_count, None);
-        assert_eq!(message.metrics.file_descriptor_count, None);
-        let json = serde_json::to_string(&message).unwrap();
-        assert!(!json.contains("thread_count"), "{json}");
+        let mut task = task(Preset::Intensive, t0);
+        let mut blind = totals(0, 1);
+        blind.net = None;
+        blind.processes_started = None;
+        let json = serde_json::to_value(task.next_message(
+            &observation(t0, blind),
+            Source::Sysinfo,
+            false,
+        ))
+        .unwrap();
+        assert!(json["metrics"].get("network_tx_bytes").is_none(), "{json}");
+        assert!(json["metrics"].get("processes_started").is_none(), "{json}");
+        assert_eq!(json["source"], "sysinfo");
+    }
+
+    #[test]
+    fn schedule_skips_missed_rounds() {
+        let t0 = Instant::now();
+        let mut task = task(Preset::Intensive, t0);
+        task.schedule_after(t0 + Duration::from_millis(3500));
+        assert_eq!(task.next_due, t0 + Duration::from_secs(4));
     }
 
     #[test]

@@ -1,15 +1,26 @@
 //! Command-line interface: one module per subcommand; `main` only dispatches.
+//! Arguments are parsed in two stages: raw flags here, validated settings
+//! in each subcommand's module.
 
-#[cfg(target_os = "linux")]
+pub mod agent;
+pub mod config;
+pub mod profiles;
 pub mod run;
+pub mod signals;
 #[cfg(target_os = "linux")]
 pub mod workload;
 
-use std::{ffi::OsString, time::Duration};
+use std::{ffi::OsString, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, builder::BoolishValueParser};
 
-use crate::{duration::parse_interval, profiles::Preset};
+use crate::{
+    collect::BackendChoice,
+    duration::parse_interval,
+    profiles::{MonitoringProfile, Preset, parse_profile_json},
+    proplet::parse_metrics_interval,
+};
 
 /// propmon measures what every task on an edge node consumes, from inside
 /// the kernel, and reports it as Propeller metrics.
@@ -34,8 +45,46 @@ pub enum Command {
     /// ended it), 125 if propmon itself failed, 126/127 if CMD could not be
     /// executed or found.
     Run(RunArgs),
+    /// Monitor many tasks at once, each with its own profile, until stopped.
+    ///
+    /// Messages go to stdout as JSON lines. SIGTERM or SIGINT sends a final
+    /// message for every task, detaches the programs and exits 0.
+    Agent(AgentArgs),
+    /// List the monitoring profiles.
+    Profiles(ProfilesArgs),
     /// Built-in workloads with known ground truth, for the demo and the tests.
     Workload(WorkloadArgs),
+}
+
+/// How a task's monitoring profile is chosen.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ProfileArgs {
+    /// Monitoring profile: standard (10 s), minimal, intensive (1 s),
+    /// batch_processing, real_time_api, long_running_daemon or disabled.
+    #[arg(long, value_name = "NAME", value_parser = Preset::from_name)]
+    pub profile: Option<Preset>,
+    /// A monitoring profile as JSON (Propeller's fields; missing ones take
+    /// the standard preset's values), or @FILE to read it from a file.
+    #[arg(long, value_name = "JSON|@FILE", conflicts_with = "profile")]
+    pub profile_json: Option<String>,
+}
+
+impl ProfileArgs {
+    /// The profile asked for, if any.
+    pub fn resolve(&self) -> anyhow::Result<Option<MonitoringProfile>> {
+        if let Some(preset) = self.profile {
+            return Ok(Some(preset.profile()));
+        }
+        let Some(json) = &self.profile_json else {
+            return Ok(None);
+        };
+        let text = match json.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading the profile file {path}"))?,
+            None => json.clone(),
+        };
+        Ok(Some(parse_profile_json(&text)?))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -43,19 +92,60 @@ pub struct RunArgs {
     /// Task id put in every message [default: a random UUID].
     #[arg(long, value_name = "ID")]
     pub task_id: Option<String>,
-    /// Proplet id put in every message [default: $PROPLET_ID, else the host name].
+    /// Proplet id put in every message [default: the host name].
     #[arg(long, value_name = "ID", env = "PROPLET_ID")]
     pub proplet_id: Option<String>,
-    /// Monitoring profile: standard (10 s), minimal, intensive (1 s),
-    /// batch_processing, real_time_api, long_running_daemon or disabled.
-    #[arg(long, value_name = "NAME", default_value = "standard", value_parser = Preset::from_name)]
-    pub profile: Preset,
+    #[command(flatten)]
+    pub profile: ProfileArgs,
     /// Time between two messages (e.g. 1s, 500ms, 2m); overrides the profile's.
     #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
     pub interval: Option<Duration>,
+    /// Where figures come from: eBPF, the sysinfo fallback, or eBPF when it
+    /// loads and sysinfo otherwise.
+    #[arg(long, value_enum, default_value = "auto", env = "PROPMON_BACKEND")]
+    pub backend: BackendChoice,
     /// The command to run, and its arguments.
     #[arg(value_name = "CMD", required = true, trailing_var_arg = true, num_args = 1..)]
     pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Monitor the running process PID and all its descendants, present
+    /// and future, as task TASK_ID. Options: profile=NAME, daemon=true (a
+    /// daemon without a profile gets long_running_daemon). Repeatable.
+    #[arg(long = "attach", value_name = "TASK_ID=PID[,profile=NAME][,daemon=true]", value_parser = agent::parse_attach)]
+    pub attach: Vec<agent::AttachSpec>,
+    /// Default profile of attached tasks that name none.
+    #[command(flatten)]
+    pub profile: ProfileArgs,
+    /// Where figures come from [default: auto].
+    #[arg(long, value_enum, env = "PROPMON_BACKEND")]
+    pub backend: Option<BackendChoice>,
+    /// Proplet id put in every message [default: the host name].
+    #[arg(long, value_name = "ID", env = "PROPLET_ID")]
+    pub proplet_id: Option<String>,
+    /// Namespace of the proplet-level message [default: default].
+    #[arg(long, env = "PROPLET_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Time between proplet-level messages: seconds or a duration such as
+    /// 30s [default: 10].
+    #[arg(long, value_name = "INTERVAL", env = "PROPLET_METRICS_INTERVAL", value_parser = parse_metrics_interval)]
+    pub metrics_interval: Option<Duration>,
+    /// Send proplet-level messages [default: true].
+    #[arg(long, value_name = "BOOL", env = "PROPLET_ENABLE_MONITORING", value_parser = BoolishValueParser::new())]
+    pub enable_monitoring: Option<bool>,
+    /// A TOML file with any of these settings (flags and environment
+    /// variables take precedence).
+    #[arg(long, value_name = "FILE", env = "PROPMON_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProfilesArgs {
+    /// Print the profiles as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1,36 +1,117 @@
-//! Where the figures come from.
+//! Where the figures come from, behind one [`Backend`] interface:
 //!
-//! - `ebpf`: counters kept in the kernel per task (CPU time, membership).
-//! - `procfs`: point-in-time figures of the task's live processes (memory,
-//!   threads, file descriptors), read from `/proc`.
-
-use monitor_common::{NET_BUCKETS, NetBucket};
+//! - `ebpf` (Linux): counters kept in the kernel per task; membership
+//!   decided in the kernel at thread creation.
+//! - `sysinfo` (any OS): the fallback; polls the process table, so it sees
+//!   only processes alive at a sample, and no per-task network bytes.
+//! - `procfs` (Linux): memory, threads and descriptors of live processes.
 
 #[cfg(target_os = "linux")]
 pub mod ebpf;
 #[cfg(target_os = "linux")]
 pub mod procfs;
+pub mod sysinfo;
 
-/// Cumulative figures of one task, as counted in the kernel.
+use std::collections::HashMap;
+
+use monitor_common::{NET_BUCKETS, NetBucket};
+
+use crate::{message::Source, profiles::MonitoringProfile};
+
+/// A source of per-task figures.
+pub trait Backend: Send {
+    fn source(&self) -> Source;
+
+    /// Readies `slot` for a new task with this profile (counters zeroed).
+    fn prepare(&mut self, slot: u32, profile: &MonitoringProfile) -> anyhow::Result<()>;
+
+    /// Starts `command` as the root process of the task in `slot`.
+    fn spawn(
+        &mut self,
+        slot: u32,
+        command: &mut tokio::process::Command,
+    ) -> Result<tokio::process::Child, SpawnError>;
+
+    /// Makes the running process `pid`, its threads and all its descendants
+    /// the task in `slot`, and everything they create from now on.
+    fn attach(&mut self, slot: u32, pid: u32) -> anyhow::Result<()>;
+
+    /// Brings the backend's view up to date; called once per round,
+    /// before any `totals` or `processes` of that round.
+    fn refresh(&mut self);
+
+    /// Cumulative figures of a task.
+    fn totals(&mut self, slot: u32) -> anyhow::Result<TaskTotals>;
+
+    /// Live processes of every task, by slot.
+    fn processes(&mut self) -> HashMap<u32, Vec<u32>>;
+
+    /// Memory, threads and descriptors summed over `pids`.
+    fn sample_processes(&mut self, pids: &[u32]) -> ProcessSample;
+
+    /// Slots whose processes may all have exited since the last call.
+    fn ended_hints(&mut self) -> Vec<u32>;
+
+    /// Forgets a task whose final message was sent.
+    fn release(&mut self, slot: u32);
+
+    /// New losses (records the kernel could not make), as a log line.
+    fn new_losses(&mut self) -> Option<String>;
+}
+
+/// Why a command could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot run {program}: {source}")]
+    Exec {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl SpawnError {
+    /// The exit status a shell would give: 127 not found, 126 not runnable.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            SpawnError::Exec { source, .. } if source.kind() == std::io::ErrorKind::NotFound => 127,
+            SpawnError::Exec { .. } => 126,
+            SpawnError::Internal(_) => 125,
+        }
+    }
+}
+
+/// Cumulative figures of one task. `None`: the backend cannot know it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KernelTotals {
-    /// On-CPU ns of every thread that ever belonged to the task.
+pub struct TaskTotals {
+    /// On-CPU ns of every thread that ever belonged to the task (that the
+    /// backend saw).
     pub cpu_ns: u64,
     /// Processes that have not exited.
     pub live_processes: u64,
     /// Threads that may still run; 0 once the task is completely gone.
     pub live_threads: u64,
     /// Processes that ever joined the task.
-    pub processes_started: u64,
-    pub disk: DiskTotals,
-    pub net: NetTotals,
+    pub processes_started: Option<u64>,
+    pub disk: Option<DiskTotals>,
+    pub net: Option<NetTotals>,
 }
 
 /// Disk bytes of a task, with `/proc/<pid>/io` semantics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DiskTotals {
-    /// Read bios submitted (`read_bytes`).
+    /// `read_bytes`: bytes the task asked devices to read.
     pub read_bytes: u64,
+    /// `write_bytes`: page-cache bytes dirtied plus direct-I/O writes.
+    pub write_bytes: u64,
+    /// Where the bytes come from, when the backend can tell.
+    pub breakdown: Option<DiskBreakdown>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskBreakdown {
     /// Page-cache bytes dirtied (part of `write_bytes`).
     pub dirtied_bytes: u64,
     /// Direct-I/O write bios submitted (the rest of `write_bytes`).
@@ -39,13 +120,6 @@ pub struct DiskTotals {
     pub submitted_write_bytes: u64,
     /// Dirty bytes truncated before writeback (`cancelled_write_bytes`).
     pub cancelled_write_bytes: u64,
-}
-
-impl DiskTotals {
-    /// `/proc/<pid>/io` `write_bytes`: dirtied page cache plus direct I/O.
-    pub fn write_bytes(&self) -> u64 {
-        self.dirtied_bytes + self.direct_write_bytes
-    }
 }
 
 /// Socket payload bytes of a task, indexed by [`NetBucket`].
@@ -78,8 +152,64 @@ const INET_BUCKETS: [NetBucket; 3] = [NetBucket::Tcp, NetBucket::Udp, NetBucket:
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProcessSample {
     pub memory_bytes: u64,
-    pub threads: u64,
-    pub file_descriptors: u64,
+    /// `None` where the OS does not say.
+    pub threads: Option<u64>,
+    pub file_descriptors: Option<u64>,
     /// Processes that could be read (some may exit while we read).
     pub processes: u64,
+}
+
+/// Which backend to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// eBPF where it loads, else sysinfo (saying why).
+    Auto,
+    Ebpf,
+    Sysinfo,
+}
+
+/// Opens the chosen backend; `auto` falls back to sysinfo with one line
+/// saying why eBPF is not used.
+pub fn open(choice: BackendChoice) -> anyhow::Result<Box<dyn Backend>> {
+    match choice {
+        BackendChoice::Sysinfo => Ok(Box::new(sysinfo::SysinfoBackend::new()?)),
+        BackendChoice::Ebpf => open_ebpf().map_err(|why| anyhow::anyhow!("{why}")),
+        BackendChoice::Auto => match open_ebpf() {
+            Ok(backend) => Ok(backend),
+            Err(why) => {
+                tracing::warn!("{why}; using the sysinfo backend (no per-task network figures)");
+                Ok(Box::new(sysinfo::SysinfoBackend::new()?))
+            }
+        },
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn open_ebpf() -> Result<Box<dyn Backend>, String> {
+    ebpf::EbpfBackend::load()
+        .map(|backend| Box::new(backend) as Box<dyn Backend>)
+        .map_err(|err| err.to_string())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_ebpf() -> Result<Box<dyn Backend>, String> {
+    Err("eBPF unavailable: it needs Linux".to_owned())
+}
+
+/// The host's RAM in bytes (0 if unknown).
+pub fn host_memory_bytes() -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        procfs::host_memory_bytes()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        ::sysinfo::System::new()
+            .map(|mut system| {
+                system.refresh_memory();
+                system.total_memory()
+            })
+            .unwrap_or(0)
+    }
 }

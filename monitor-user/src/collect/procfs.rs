@@ -16,11 +16,21 @@ pub fn sample_processes(pids: impl IntoIterator<Item = u32>) -> ProcessSample {
             continue;
         };
         sample.memory_bytes += process.memory_bytes;
-        sample.threads += process.threads;
-        sample.file_descriptors += process.file_descriptors;
+        sample.threads = Some(sample.threads.unwrap_or(0) + process.threads.unwrap_or(0));
+        sample.file_descriptors =
+            Some(sample.file_descriptors.unwrap_or(0) + process.file_descriptors.unwrap_or(0));
         sample.processes += 1;
     }
     sample
+}
+
+/// Open file descriptors of one process.
+pub fn file_descriptors(pid: u32) -> Option<u64> {
+    Process::new(pid as i32)
+        .ok()?
+        .fd_count()
+        .ok()
+        .map(|n| n as u64)
 }
 
 /// The host's usable RAM in bytes (`MemTotal`), 0 if unreadable.
@@ -34,8 +44,8 @@ fn read_process(pid: u32, page_size: u64) -> Option<ProcessSample> {
     let file_descriptors = process.fd_count().ok()? as u64;
     Some(ProcessSample {
         memory_bytes: stat.rss * page_size,
-        threads: stat.num_threads.max(0) as u64,
-        file_descriptors,
+        threads: Some(stat.num_threads.max(0) as u64),
+        file_descriptors: Some(file_descriptors),
         processes: 1,
     })
 }
@@ -60,9 +70,9 @@ mod tests {
             "{} vs {rss_bytes}",
             sample.memory_bytes
         );
-        assert!(sample.threads >= 1);
+        assert!(sample.threads >= Some(1));
         let fds = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
-        assert!(sample.file_descriptors.abs_diff(fds) <= 2);
+        assert!(sample.file_descriptors.unwrap().abs_diff(fds) <= 2);
     }
 
     #[test]

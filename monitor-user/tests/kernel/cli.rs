@@ -96,16 +96,22 @@ fn bad_arguments_give_one_clear_line() {
     }
 }
 
-/// Without privileges: one line naming the missing capability, exit 125,
-/// and the command is not run.
-#[test]
-fn unprivileged_run_names_what_is_missing() {
-    let Some(_serial) = kernel_test() else { return };
-    let marker = crate::scratch("must-not-exist");
-    let output = Command::new("setpriv")
+fn as_nobody(args: &[&str]) -> Command {
+    let mut command = Command::new("setpriv");
+    command
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(crate::propmon_bin())
-        .args(["run", "--", "touch"])
+        .args(args);
+    command
+}
+
+/// Without privileges and `--backend ebpf`: one line naming the missing
+/// capability, exit 125, and the command is not run.
+#[test]
+fn unprivileged_ebpf_run_names_what_is_missing() {
+    let Some(_serial) = kernel_test() else { return };
+    let marker = crate::scratch("must-not-exist");
+    let output = as_nobody(&["run", "--backend", "ebpf", "--", "touch"])
         .arg(&marker)
         .output()
         .expect("setpriv (util-linux)");
@@ -117,4 +123,32 @@ fn unprivileged_run_names_what_is_missing() {
         "{stderr}"
     );
     assert!(!marker.exists());
+}
+
+/// Without privileges, the default backend says why it cannot use eBPF,
+/// in one line, and keeps working with sysinfo.
+#[test]
+fn unprivileged_run_falls_back_to_sysinfo() {
+    let Some(_serial) = kernel_test() else { return };
+    let output = as_nobody(&["run", "--interval", "200ms", "--", "sleep", "0.5"])
+        .output()
+        .expect("setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(
+        warnings[0].contains("CAP_BPF") && warnings[0].contains("sysinfo"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let messages = crate::parse_lines(&stdout);
+    let last = messages.last().expect("messages");
+    assert!(last.is_final);
+    assert_eq!(last.source, propmon::message::Source::Sysinfo);
+    assert!(messages.len() >= 2, "{stdout}");
+    assert_eq!(
+        last.metrics.network_tx_bytes, None,
+        "sysinfo cannot attribute network bytes"
+    );
 }

@@ -180,6 +180,14 @@ pub fn wait_with_deadline(child: &mut Child, timeout: Duration) -> ExitStatus {
     }
 }
 
+/// Messages from JSON lines.
+pub fn parse_lines(stdout: &str) -> Vec<TaskMetricsMessage> {
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("{line:?}: {err}")))
+        .collect()
+}
+
 /// A scratch file path unique to this test process.
 pub fn scratch(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("propmon-test-{}-{name}", std::process::id()))

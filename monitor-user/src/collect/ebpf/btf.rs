@@ -48,13 +48,19 @@ impl KernelBtf {
     }
 
     /// Everything the programs read from kernel structs, for this kernel.
-    pub fn kernel_layout(&self, page_size: u32) -> Result<KernelLayout, BtfError> {
+    pub fn kernel_layout(
+        &self,
+        page_size: u32,
+        ns_per_clock_tick: u32,
+    ) -> Result<KernelLayout, BtfError> {
         Ok(KernelLayout {
             task_pid: self.field_offset("task_struct", "pid")?,
             task_tgid: self.field_offset("task_struct", "tgid")?,
             task_bio_list: self.field_offset("task_struct", "bio_list")?,
             task_cancelled_write_bytes: self
                 .field_offset("task_struct", "ioac.cancelled_write_bytes")?,
+            task_start_boottime: self.field_offset("task_struct", "start_boottime")?,
+            ns_per_clock_tick,
             sock_family: self.field_offset("sock", "__sk_common.skc_family")?,
             sock_protocol: self.field_offset("sock", "sk_protocol")?,
             bio_opf: self.field_offset("bio", "bi_opf")?,
@@ -186,7 +192,7 @@ mod tests {
     #[test]
     fn kernel_layout_is_plausible() {
         let Some(btf) = kernel_btf() else { return };
-        let layout = btf.kernel_layout(4096).unwrap();
+        let layout = btf.kernel_layout(4096, 10_000_000).unwrap();
         // pid and tgid are adjacent pid_t fields, pid first, deep in the struct.
         assert_eq!(layout.task_tgid, layout.task_pid + 4, "{layout:?}");
         assert!(

@@ -2,23 +2,32 @@
 //! they counted.
 //!
 //! Order of work: preflight checks, BTF offsets, load with the offsets as
-//! globals, attach every program, then hand out readers. Dropping the
+//! globals, attach every program, then read what they count. Dropping the
 //! backend detaches and unloads everything.
 
 pub mod btf;
 pub mod preflight;
 
-use std::{collections::HashMap as StdHashMap, path::Path};
+use std::{
+    collections::{BTreeSet, HashMap as StdHashMap},
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf},
     programs::{BtfTracePoint, FExit},
 };
-use monitor_common::{KernelStats, LAYOUT_GLOBAL, MAX_TASKS, TaskCounters, maps};
+use monitor_common::{
+    KernelStats, LAYOUT_GLOBAL, MAX_TASKS, PendingThread, TaskCounters, TaskEvent, collect, maps,
+};
+use procfs::process::Process;
+use tokio::process::{Child, Command};
 
-use super::{DiskTotals, KernelTotals, NetTotals};
+use super::{Backend, DiskBreakdown, DiskTotals, NetTotals, ProcessSample, SpawnError, TaskTotals};
+use crate::{message::Source, profiles::MonitoringProfile};
 
 /// The kernel object built from `monitor-ebpf` by build.rs.
 static PROGRAMS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
@@ -109,6 +118,16 @@ pub struct EbpfBackend {
     procs: HashMap<MapData, u32, u32>,
     spawn_pending: HashMap<MapData, u32, u32>,
     stats: PerCpuArray<MapData, KernelStats>,
+    config: Array<MapData, u32>,
+    adopt_pending: HashMap<MapData, u32, PendingThread>,
+    adopt_gate: Array<MapData, u32>,
+    events: RingBuf<MapData>,
+    /// Slots in use, for a full sweep when events were lost.
+    active: BTreeSet<u32>,
+    /// Threads handed to the kernel for adoption and not yet seen adopted.
+    awaiting_adoption: BTreeSet<u32>,
+    last_adoption_sweep: Instant,
+    reported: KernelStats,
 }
 
 impl EbpfBackend {
@@ -121,7 +140,10 @@ impl EbpfBackend {
     fn load_checked() -> anyhow::Result<Self> {
         raise_memlock_limit();
         let page_size = u32::try_from(procfs::page_size()).context("page size")?;
-        let layout = btf::KernelBtf::load(Path::new(btf::VMLINUX_BTF))?.kernel_layout(page_size)?;
+        let ns_per_tick =
+            u32::try_from(1_000_000_000 / procfs::ticks_per_second()).context("clock ticks")?;
+        let layout = btf::KernelBtf::load(Path::new(btf::VMLINUX_BTF))?
+            .kernel_layout(page_size, ns_per_tick)?;
         let mut ebpf = EbpfLoader::new()
             .override_global(LAYOUT_GLOBAL, &layout, true)
             .load(PROGRAMS_OBJECT)
@@ -141,70 +163,16 @@ impl EbpfBackend {
             procs: HashMap::try_from(take_map(&mut ebpf, maps::TRACKED_PROCS)?)?,
             spawn_pending: HashMap::try_from(take_map(&mut ebpf, maps::SPAWN_PENDING)?)?,
             stats: PerCpuArray::try_from(take_map(&mut ebpf, maps::KERNEL_STATS)?)?,
+            config: Array::try_from(take_map(&mut ebpf, maps::TASK_CONFIG)?)?,
+            adopt_pending: HashMap::try_from(take_map(&mut ebpf, maps::ADOPT_PENDING)?)?,
+            adopt_gate: Array::try_from(take_map(&mut ebpf, maps::ADOPT_GATE)?)?,
+            events: RingBuf::try_from(take_map(&mut ebpf, maps::TASK_EVENTS)?)?,
             _ebpf: ebpf,
+            active: BTreeSet::new(),
+            awaiting_adoption: BTreeSet::new(),
+            last_adoption_sweep: Instant::now(),
+            reported: KernelStats::default(),
         })
-    }
-
-    /// Zeroes a slot's counters: a slot is reused after its task ended.
-    pub fn reset_slot(&mut self, slot: u32) -> anyhow::Result<()> {
-        anyhow::ensure!(slot < MAX_TASKS, "task slot {slot} out of range");
-        let cpus = aya::util::nr_cpus().map_err(|(what, err)| anyhow!("{what}: {err}"))?;
-        let zeros = PerCpuValues::try_from(vec![TaskCounters::default(); cpus])?;
-        self.counters
-            .set(slot, zeros, 0)
-            .with_context(|| format!("resetting counters of task slot {slot}"))
-    }
-
-    /// Makes the next child forked by thread `tid` the root process of the
-    /// task in `slot`, from its first instruction.
-    pub fn adopt_next_child_of(&mut self, tid: u32, slot: u32) -> anyhow::Result<()> {
-        self.spawn_pending
-            .insert(tid, slot, 0)
-            .context("registering the command to track")
-    }
-
-    /// Withdraws an adoption request; `true` if it was still pending, i.e.
-    /// the kernel saw no fork from `tid`.
-    pub fn withdraw_adoption(&mut self, tid: u32) -> bool {
-        self.spawn_pending.remove(&tid).is_ok()
-    }
-
-    /// The cumulative counters of a task, summed over CPUs.
-    pub fn totals(&self, slot: u32) -> anyhow::Result<KernelTotals> {
-        let per_cpu = self
-            .counters
-            .get(&slot, 0)
-            .with_context(|| format!("reading counters of task slot {slot}"))?;
-        let mut sum = TaskCounters::default();
-        per_cpu.iter().for_each(|cpu| sum.accumulate(cpu));
-        Ok(KernelTotals {
-            cpu_ns: sum.cpu_ns,
-            live_processes: sum.live_processes(),
-            live_threads: sum.live_threads(),
-            processes_started: sum.procs_started,
-            disk: DiskTotals {
-                read_bytes: sum.disk_read_bytes,
-                dirtied_bytes: sum.disk_dirtied_bytes,
-                direct_write_bytes: sum.disk_direct_write_bytes,
-                submitted_write_bytes: sum.disk_submitted_write_bytes,
-                cancelled_write_bytes: sum.disk_cancelled_write_bytes,
-            },
-            net: NetTotals {
-                tx: sum.net_tx,
-                rx: sum.net_rx,
-            },
-        })
-    }
-
-    /// Live tracked processes, grouped by task slot.
-    pub fn processes_by_slot(&self) -> StdHashMap<u32, Vec<u32>> {
-        let mut by_slot: StdHashMap<u32, Vec<u32>> = StdHashMap::new();
-        // An entry removed while we iterate ends the walk early or is
-        // skipped; the next sample sees a consistent map again.
-        for (tgid, slot) in self.procs.iter().flatten() {
-            by_slot.entry(slot).or_default().push(tgid);
-        }
-        by_slot
     }
 
     /// Records the kernel could not make (maps full), summed over CPUs.
@@ -214,6 +182,248 @@ impl EbpfBackend {
         per_cpu.iter().for_each(|cpu| sum.accumulate(cpu));
         Ok(sum)
     }
+
+    fn reset_counters(&mut self, slot: u32) -> anyhow::Result<()> {
+        anyhow::ensure!(slot < MAX_TASKS, "task slot {slot} out of range");
+        let cpus = aya::util::nr_cpus().map_err(|(what, err)| anyhow!("{what}: {err}"))?;
+        let zeros = PerCpuValues::try_from(vec![TaskCounters::default(); cpus])?;
+        self.counters
+            .set(slot, zeros, 0)
+            .with_context(|| format!("resetting counters of task slot {slot}"))
+    }
+
+    /// Hands the threads of `pid` to the kernel for adoption.
+    fn queue_threads_of(&mut self, slot: u32, pid: u32) -> anyhow::Result<()> {
+        let process =
+            Process::new(pid as i32).with_context(|| format!("no process with PID {pid}"))?;
+        let tasks = process
+            .tasks()
+            .with_context(|| format!("listing the threads of PID {pid}"))?;
+        for thread in tasks.flatten() {
+            let Ok(stat) = thread.stat() else { continue };
+            let pending = PendingThread {
+                slot,
+                _padding: 0,
+                start_ticks: stat.starttime,
+            };
+            self.adopt_pending
+                .insert(thread.tid as u32, pending, 0)
+                .context("queueing a thread for adoption (too many pending?)")?;
+            self.awaiting_adoption.insert(thread.tid as u32);
+        }
+        Ok(())
+    }
+
+    fn set_adoption_gate(&mut self, open: bool) -> anyhow::Result<()> {
+        self.adopt_gate
+            .set(0, u32::from(open), 0)
+            .context("setting the adoption gate")
+    }
+
+    /// Forgets adoption requests the kernel fulfilled or that can no longer
+    /// be (the thread exited), and closes the gate when none are left.
+    fn sweep_adoptions(&mut self) {
+        if self.awaiting_adoption.is_empty()
+            || self.last_adoption_sweep.elapsed() < ADOPTION_SWEEP_PERIOD
+        {
+            return;
+        }
+        self.last_adoption_sweep = Instant::now();
+        let pending = &mut self.adopt_pending;
+        self.awaiting_adoption.retain(|tid| {
+            if pending.get(tid, 0).is_err() {
+                return false; // adopted
+            }
+            let alive = Path::new(&format!("/proc/{tid}")).exists();
+            if !alive {
+                let _ = pending.remove(tid);
+            }
+            alive
+        });
+        if self.awaiting_adoption.is_empty()
+            && let Err(err) = self.set_adoption_gate(false)
+        {
+            tracing::warn!("{err:#}");
+        }
+    }
+}
+
+/// How often userspace checks on threads queued for adoption.
+const ADOPTION_SWEEP_PERIOD: Duration = Duration::from_secs(1);
+
+impl Backend for EbpfBackend {
+    fn source(&self) -> Source {
+        Source::Ebpf
+    }
+
+    fn prepare(&mut self, slot: u32, profile: &MonitoringProfile) -> anyhow::Result<()> {
+        self.reset_counters(slot)?;
+        self.config
+            .set(slot, collect_flags(profile), 0)
+            .context("setting the task's collection flags")?;
+        self.active.insert(slot);
+        Ok(())
+    }
+
+    fn spawn(&mut self, slot: u32, command: &mut Command) -> Result<Child, SpawnError> {
+        let tid = nix::unistd::gettid().as_raw() as u32;
+        self.spawn_pending
+            .insert(tid, slot, 0)
+            .context("registering the command to track")?;
+        let spawned = command.spawn();
+        let not_adopted = self.spawn_pending.remove(&tid).is_ok();
+        let program = command
+            .as_std()
+            .get_program()
+            .to_string_lossy()
+            .into_owned();
+        let child = spawned.map_err(|source| SpawnError::Exec {
+            program: program.clone(),
+            source,
+        })?;
+        if not_adopted {
+            return Err(SpawnError::Internal(anyhow!(
+                "the kernel did not report the creation of {program} (task_newtask not traced?)"
+            )));
+        }
+        Ok(child)
+    }
+
+    fn attach(&mut self, slot: u32, pid: u32) -> anyhow::Result<()> {
+        // The process first, then the gate, then its descendants: a child
+        // it forks meanwhile is adopted through it, one forked before is in
+        // the /proc scan that follows.
+        self.queue_threads_of(slot, pid)?;
+        self.set_adoption_gate(true)?;
+        for descendant in descendants_of(pid) {
+            // A descendant that exits meanwhile is no error.
+            let _ = self.queue_threads_of(slot, descendant);
+        }
+        Ok(())
+    }
+
+    fn refresh(&mut self) {
+        self.sweep_adoptions();
+    }
+
+    fn totals(&mut self, slot: u32) -> anyhow::Result<TaskTotals> {
+        let per_cpu = self
+            .counters
+            .get(&slot, 0)
+            .with_context(|| format!("reading counters of task slot {slot}"))?;
+        let mut sum = TaskCounters::default();
+        per_cpu.iter().for_each(|cpu| sum.accumulate(cpu));
+        Ok(TaskTotals {
+            cpu_ns: sum.cpu_ns,
+            live_processes: sum.live_processes(),
+            live_threads: sum.live_threads(),
+            processes_started: Some(sum.procs_started),
+            disk: Some(DiskTotals {
+                read_bytes: sum.disk_read_bytes,
+                write_bytes: sum.disk_dirtied_bytes + sum.disk_direct_write_bytes,
+                breakdown: Some(DiskBreakdown {
+                    dirtied_bytes: sum.disk_dirtied_bytes,
+                    direct_write_bytes: sum.disk_direct_write_bytes,
+                    submitted_write_bytes: sum.disk_submitted_write_bytes,
+                    cancelled_write_bytes: sum.disk_cancelled_write_bytes,
+                }),
+            }),
+            net: Some(NetTotals {
+                tx: sum.net_tx,
+                rx: sum.net_rx,
+            }),
+        })
+    }
+
+    fn processes(&mut self) -> StdHashMap<u32, Vec<u32>> {
+        let mut by_slot: StdHashMap<u32, Vec<u32>> = StdHashMap::new();
+        // An entry removed while we iterate ends the walk early or is
+        // skipped; the next sample sees a consistent map again.
+        for (tgid, slot) in self.procs.iter().flatten() {
+            by_slot.entry(slot).or_default().push(tgid);
+        }
+        by_slot
+    }
+
+    fn sample_processes(&mut self, pids: &[u32]) -> ProcessSample {
+        super::procfs::sample_processes(pids.iter().copied())
+    }
+
+    fn ended_hints(&mut self) -> Vec<u32> {
+        let mut slots = BTreeSet::new();
+        while let Some(item) = self.events.next() {
+            if let Some(event) = read_event(&item) {
+                slots.insert(event.slot);
+            }
+        }
+        let drops = self.kernel_stats().map(|s| s.event_drops).unwrap_or(0);
+        if drops > self.reported.event_drops {
+            // Events were lost: look at every task once.
+            self.reported.event_drops = drops;
+            slots.extend(self.active.iter().copied());
+        }
+        slots.into_iter().collect()
+    }
+
+    fn release(&mut self, slot: u32) {
+        self.active.remove(&slot);
+    }
+
+    fn new_losses(&mut self) -> Option<String> {
+        let stats = self.kernel_stats().ok()?;
+        let threads = stats.thread_insert_failures - self.reported.thread_insert_failures;
+        let procs = stats.proc_insert_failures - self.reported.proc_insert_failures;
+        self.reported.thread_insert_failures = stats.thread_insert_failures;
+        self.reported.proc_insert_failures = stats.proc_insert_failures;
+        (threads + procs > 0).then(|| {
+            format!(
+                "the kernel could not record {threads} new threads and {procs} new processes \
+                 (maps full): their figures are missing"
+            )
+        })
+    }
+}
+
+fn collect_flags(profile: &MonitoringProfile) -> u32 {
+    [
+        (profile.collect_cpu, collect::CPU),
+        (profile.collect_disk_io, collect::DISK),
+        (profile.collect_network_io, collect::NETWORK),
+    ]
+    .into_iter()
+    .filter(|(wanted, _)| *wanted)
+    .fold(0, |flags, (_, flag)| flags | flag)
+}
+
+fn read_event(bytes: &[u8]) -> Option<TaskEvent> {
+    (bytes.len() >= size_of::<TaskEvent>()).then(|| {
+        // SAFETY: TaskEvent is plain old data and the length is checked.
+        unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<TaskEvent>()) }
+    })
+}
+
+/// Every process below `pid` in the process tree, from `/proc`.
+fn descendants_of(pid: u32) -> Vec<u32> {
+    let mut children: StdHashMap<u32, Vec<u32>> = StdHashMap::new();
+    if let Ok(all) = procfs::process::all_processes() {
+        for process in all.flatten() {
+            if let Ok(stat) = process.stat() {
+                children
+                    .entry(stat.ppid as u32)
+                    .or_default()
+                    .push(stat.pid as u32);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    let mut queue = vec![pid];
+    while let Some(parent) = queue.pop() {
+        for &child in children.get(&parent).into_iter().flatten() {
+            found.push(child);
+            queue.push(child);
+        }
+    }
+    found
 }
 
 fn attach(ebpf: &mut Ebpf, hook: &Hook, btf: &Btf) -> anyhow::Result<()> {

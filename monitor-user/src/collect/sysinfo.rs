@@ -1,0 +1,306 @@
+//! The fallback backend, for hosts without eBPF: the `sysinfo` crate's view
+//! of the process table, polled.
+//!
+//! What it can and cannot see: a task is its root process plus every
+//! process found below a member at a refresh (members stay members when
+//! re-parented). A process that starts and exits between two refreshes is
+//! missed entirely; CPU is in whole milliseconds; there are no per-task
+//! network figures and no disk breakdown. Figures of exited members are
+//! kept, so totals never go back.
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::{Context as _, bail};
+use sysinfo::{Pid, Process, ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
+use tokio::process::{Child, Command};
+
+use super::{Backend, DiskTotals, ProcessSample, SpawnError, TaskTotals};
+use crate::{message::Source, profiles::MonitoringProfile};
+
+pub struct SysinfoBackend {
+    system: System,
+    tasks: HashMap<u32, SysTask>,
+}
+
+#[derive(Default)]
+struct SysTask {
+    members: HashMap<Pid, Member>,
+    /// Figures of members that exited.
+    gone: Counters,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Member {
+    /// Process start time (s since epoch), to tell a recycled PID apart.
+    start_time: u64,
+    /// What the process had consumed before it joined (attach).
+    baseline: Counters,
+    last: Counters,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Counters {
+    cpu_ms: u64,
+    read_bytes: u64,
+    written_bytes: u64,
+}
+
+impl SysinfoBackend {
+    pub fn new() -> anyhow::Result<Self> {
+        let mut system = System::new().context("initialising sysinfo")?;
+        system.refresh_processes_specifics(ProcessesToUpdate::All, true, refresh_kind());
+        Ok(SysinfoBackend {
+            system,
+            tasks: HashMap::new(),
+        })
+    }
+
+    /// Adds `pid` (and, for an attach, its descendants) to a task.
+    fn join(&mut self, slot: u32, pid: Pid, counted_from_now: bool) -> anyhow::Result<()> {
+        self.system
+            .refresh_processes_specifics(ProcessesToUpdate::All, true, refresh_kind());
+        let Some(process) = self.system.process(pid) else {
+            bail!("no process with PID {pid}");
+        };
+        let baseline = |p: &Process| {
+            if counted_from_now {
+                counters_of(p)
+            } else {
+                Counters::default()
+            }
+        };
+        let task = self.tasks.entry(slot).or_default();
+        task.members
+            .insert(pid, new_member(process, baseline(process)));
+        let descendants = descendants(&self.system, &[pid]);
+        for child in descendants {
+            if let Some(process) = self.system.process(child) {
+                task.members
+                    .insert(child, new_member(process, baseline(process)));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn refresh_kind() -> ProcessRefreshKind {
+    ProcessRefreshKind::nothing()
+        .with_cpu()
+        .with_memory()
+        .with_disk_usage()
+        .with_tasks()
+        .with_exe(UpdateKind::Never)
+}
+
+fn new_member(process: &Process, baseline: Counters) -> Member {
+    Member {
+        start_time: process.start_time(),
+        baseline,
+        last: counters_of(process),
+    }
+}
+
+fn counters_of(process: &Process) -> Counters {
+    let disk = process.disk_usage();
+    Counters {
+        cpu_ms: process.accumulated_cpu_time(),
+        read_bytes: disk.total_read_bytes,
+        written_bytes: disk.total_written_bytes,
+    }
+}
+
+/// Every process below `roots` in the current process table.
+fn descendants(system: &System, roots: &[Pid]) -> Vec<Pid> {
+    let mut children: HashMap<Pid, Vec<Pid>> = HashMap::new();
+    // On Linux threads are listed too; they are part of their process.
+    let processes = system
+        .processes()
+        .iter()
+        .filter(|(_, process)| process.thread_kind().is_none());
+    for (pid, process) in processes {
+        if let Some(parent) = process.parent() {
+            children.entry(parent).or_default().push(*pid);
+        }
+    }
+    let mut found = Vec::new();
+    let mut queue = roots.to_vec();
+    while let Some(parent) = queue.pop() {
+        for &child in children.get(&parent).into_iter().flatten() {
+            found.push(child);
+            queue.push(child);
+        }
+    }
+    found
+}
+
+impl SysTask {
+    /// Re-reads the members: the gone are moved to `gone`, new
+    /// descendants join from zero.
+    fn update(&mut self, system: &System) {
+        let mut gone = Vec::new();
+        for (pid, member) in &mut self.members {
+            match system.process(*pid) {
+                Some(process) if process.start_time() == member.start_time => {
+                    member.last = counters_of(process);
+                }
+                _ => gone.push(*pid),
+            }
+        }
+        for pid in gone {
+            let member = self.members.remove(&pid).expect("listed above");
+            self.gone.cpu_ms += member.last.cpu_ms - member.baseline.cpu_ms.min(member.last.cpu_ms);
+            self.gone.read_bytes += member
+                .last
+                .read_bytes
+                .saturating_sub(member.baseline.read_bytes);
+            self.gone.written_bytes += member
+                .last
+                .written_bytes
+                .saturating_sub(member.baseline.written_bytes);
+        }
+        let roots: Vec<Pid> = self.members.keys().copied().collect();
+        for child in descendants(system, &roots) {
+            if let Some(process) = system.process(child) {
+                self.members
+                    .entry(child)
+                    .or_insert_with(|| new_member(process, Counters::default()));
+            }
+        }
+    }
+
+    fn totals(&self) -> Counters {
+        self.members
+            .values()
+            .fold(self.gone, |sum, member| Counters {
+                cpu_ms: sum.cpu_ms + member.last.cpu_ms.saturating_sub(member.baseline.cpu_ms),
+                read_bytes: sum.read_bytes
+                    + member
+                        .last
+                        .read_bytes
+                        .saturating_sub(member.baseline.read_bytes),
+                written_bytes: sum.written_bytes
+                    + member
+                        .last
+                        .written_bytes
+                        .saturating_sub(member.baseline.written_bytes),
+            })
+    }
+}
+
+impl Backend for SysinfoBackend {
+    fn source(&self) -> Source {
+        Source::Sysinfo
+    }
+
+    fn prepare(&mut self, slot: u32, _profile: &MonitoringProfile) -> anyhow::Result<()> {
+        self.tasks.insert(slot, SysTask::default());
+        Ok(())
+    }
+
+    fn spawn(&mut self, slot: u32, command: &mut Command) -> Result<Child, SpawnError> {
+        let program = command
+            .as_std()
+            .get_program()
+            .to_string_lossy()
+            .into_owned();
+        let child = command
+            .spawn()
+            .map_err(|source| SpawnError::Exec { program, source })?;
+        if let Some(pid) = child.id() {
+            // A command that already exited is simply not seen.
+            let _ = self.join(slot, Pid::from_u32(pid), false);
+        }
+        Ok(child)
+    }
+
+    fn attach(&mut self, slot: u32, pid: u32) -> anyhow::Result<()> {
+        self.join(slot, Pid::from_u32(pid), true)
+    }
+
+    fn refresh(&mut self) {
+        self.system
+            .refresh_processes_specifics(ProcessesToUpdate::All, true, refresh_kind());
+        for task in self.tasks.values_mut() {
+            task.update(&self.system);
+        }
+    }
+
+    fn totals(&mut self, slot: u32) -> anyhow::Result<TaskTotals> {
+        let task = self.tasks.get(&slot).context("unknown task slot")?;
+        let sum = task.totals();
+        let live_threads = task
+            .members
+            .keys()
+            .map(|pid| threads_of(&self.system, *pid).unwrap_or(1))
+            .sum();
+        Ok(TaskTotals {
+            cpu_ns: sum.cpu_ms * 1_000_000,
+            live_processes: task.members.len() as u64,
+            live_threads,
+            processes_started: None,
+            disk: Some(DiskTotals {
+                read_bytes: sum.read_bytes,
+                write_bytes: sum.written_bytes,
+                breakdown: None,
+            }),
+            net: None,
+        })
+    }
+
+    fn processes(&mut self) -> HashMap<u32, Vec<u32>> {
+        self.tasks
+            .iter()
+            .map(|(slot, task)| (*slot, task.members.keys().map(|p| p.as_u32()).collect()))
+            .collect()
+    }
+
+    fn sample_processes(&mut self, pids: &[u32]) -> ProcessSample {
+        let mut sample = ProcessSample::default();
+        for &pid in pids {
+            let Some(process) = self.system.process(Pid::from_u32(pid)) else {
+                continue;
+            };
+            sample.memory_bytes += process.memory();
+            sample.processes += 1;
+            if let Some(threads) = threads_of(&self.system, Pid::from_u32(pid)) {
+                sample.threads = Some(sample.threads.unwrap_or(0) + threads);
+            }
+            if let Some(fds) = file_descriptors(pid) {
+                sample.file_descriptors = Some(sample.file_descriptors.unwrap_or(0) + fds);
+            }
+        }
+        sample
+    }
+
+    fn ended_hints(&mut self) -> Vec<u32> {
+        self.tasks
+            .iter()
+            .filter(|(_, task)| task.members.is_empty())
+            .map(|(slot, _)| *slot)
+            .collect()
+    }
+
+    fn release(&mut self, slot: u32) {
+        self.tasks.remove(&slot);
+    }
+
+    fn new_losses(&mut self) -> Option<String> {
+        None
+    }
+}
+
+/// Threads of a process, where the OS lists them (Linux).
+fn threads_of(system: &System, pid: Pid) -> Option<u64> {
+    let tasks: &HashSet<Pid> = system.process(pid)?.tasks()?;
+    Some(tasks.len().max(1) as u64)
+}
+
+#[cfg(target_os = "linux")]
+fn file_descriptors(pid: u32) -> Option<u64> {
+    super::procfs::file_descriptors(pid)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn file_descriptors(_pid: u32) -> Option<u64> {
+    None
+}

@@ -1,0 +1,42 @@
+//! Where messages go: stdout as JSON lines (`stdout`), and later brokers.
+
+pub mod stdout;
+
+use crate::message::{PropletMetricsMessage, TaskMetricsMessage};
+
+/// A message ready to leave the agent.
+#[derive(Clone, Debug)]
+pub enum Outgoing {
+    /// A task's message; `export` is its profile's `export_to_mqtt`:
+    /// `false` keeps it local (stdout only).
+    Task {
+        message: Box<TaskMetricsMessage>,
+        export: bool,
+    },
+    Proplet(PropletMetricsMessage),
+}
+
+/// A destination for messages. `send` must never block the sampling loop.
+pub trait Sink: Send {
+    fn send(&mut self, message: &Outgoing);
+
+    /// Messages this sink had to drop (e.g. a full queue), since start.
+    fn dropped(&self) -> u64 {
+        0
+    }
+}
+
+/// Sends every message to each of several sinks.
+pub struct Fanout(pub Vec<Box<dyn Sink>>);
+
+impl Sink for Fanout {
+    fn send(&mut self, message: &Outgoing) {
+        for sink in &mut self.0 {
+            sink.send(message);
+        }
+    }
+
+    fn dropped(&self) -> u64 {
+        self.0.iter().map(|sink| sink.dropped()).sum()
+    }
+}
