@@ -35,7 +35,7 @@ enum Task {
     /// Run every test: unit tests, then the kernel tests (as root).
     Test,
     /// cargo fmt --check and clippy -D warnings, for the workspace and the
-    /// eBPF crate.
+    /// eBPF crate; cargo check of the agent for macOS and Windows.
     Lint,
 }
 
@@ -119,6 +119,17 @@ fn kernel_test_args() -> Vec<&'static str> {
 fn lint() -> anyhow::Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    // Everything but the eBPF loader builds for other systems.
+    for target in setup::OTHER_TARGETS {
+        cargo(&[
+            "check",
+            "-p",
+            "monitor-user",
+            "--no-default-features",
+            "--target",
+            target,
+        ])?;
+    }
     // The kernel crate builds only for the BPF target, with nightly.
     status(
         Command::new("cargo")

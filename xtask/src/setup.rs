@@ -21,10 +21,36 @@ const APT_PACKAGES: &[&str] = &[
 ];
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
+/// Targets the agent must keep building for (without eBPF).
+pub const OTHER_TARGETS: [&str; 2] = ["x86_64-apple-darwin", "x86_64-pc-windows-gnu"];
+
 pub fn run() -> anyhow::Result<()> {
     nightly_rust_src()?;
+    other_targets()?;
     apt_packages()?;
     bpf_linker()
+}
+
+/// The standard libraries to `cargo check` the agent for other systems.
+fn other_targets() -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("running rustup")?;
+    let listing = String::from_utf8_lossy(&installed.stdout);
+    let missing: Vec<&str> = OTHER_TARGETS
+        .into_iter()
+        .filter(|target| !listing.lines().any(|line| line.trim() == *target))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    say(&format!("adding the Rust targets {}", missing.join(" ")));
+    status(
+        Command::new("rustup")
+            .args(["target", "add"])
+            .args(&missing),
+    )
 }
 
 /// aya-build compiles the kernel crate with nightly `-Z build-std=core`.

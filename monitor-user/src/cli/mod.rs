@@ -222,6 +222,18 @@ pub enum WorkloadKind {
         #[arg(long)]
         report: Option<std::path::PathBuf>,
     },
+    /// One process writes MIB mebibytes to FILE with fsync, then stays
+    /// alive HOLD seconds; reports its own /proc/self/io.
+    Io {
+        #[arg(long)]
+        file: std::path::PathBuf,
+        #[arg(long, default_value_t = 16)]
+        mib: usize,
+        #[arg(long, default_value_t = 2.0)]
+        hold: f64,
+        #[arg(long)]
+        report: Option<std::path::PathBuf>,
+    },
     /// Direct I/O, fsync'd buffered writes, reads after dropping the page
     /// cache, and writes truncated before writeback, under DIR (not tmpfs).
     Disk {

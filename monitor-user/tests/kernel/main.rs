@@ -6,6 +6,7 @@
 //! Run them one at a time (`cargo xtask test` does): they measure CPU shares
 //! on a 2-core machine. A lock serialises them anyway.
 
+mod agent;
 mod cli;
 mod cpu;
 mod disk;
@@ -58,7 +59,10 @@ pub fn propmon(args: &[&str]) -> Command {
 
 /// The finished run of a propmon command.
 pub struct Finished {
+    /// The per-task messages (other lines, e.g. proplet metrics, are in
+    /// `stdout_lines` only).
     pub messages: Vec<TaskMetricsMessage>,
+    pub stdout_lines: Vec<String>,
     pub stderr: String,
     pub status: ExitStatus,
 }
@@ -87,6 +91,7 @@ pub struct Live {
     lines: mpsc::Receiver<String>,
     stderr: thread::JoinHandle<String>,
     pub messages: Vec<TaskMetricsMessage>,
+    stdout_lines: Vec<String>,
 }
 
 impl Live {
@@ -109,6 +114,7 @@ impl Live {
             lines,
             stderr,
             messages: Vec::new(),
+            stdout_lines: Vec::new(),
         }
     }
 
@@ -135,9 +141,9 @@ impl Live {
                     );
                 }
             };
-            let message: TaskMetricsMessage = serde_json::from_str(&line)
-                .unwrap_or_else(|err| panic!("bad line {line:?}: {err}"));
-            self.messages.push(message.clone());
+            let Some(message) = self.take_line(line) else {
+                continue;
+            };
             if wanted(&message) {
                 return message;
             }
@@ -149,15 +155,26 @@ impl Live {
     pub fn finish(mut self, timeout: Duration) -> Finished {
         let status = wait_with_deadline(&mut self.child, timeout);
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            let message = serde_json::from_str(&line)
-                .unwrap_or_else(|err| panic!("bad line {line:?}: {err}"));
-            self.messages.push(message);
+            self.take_line(line);
         }
         Finished {
             messages: self.messages,
+            stdout_lines: self.stdout_lines,
             stderr: self.stderr.join().unwrap(),
             status,
         }
+    }
+
+    /// Keeps a stdout line; returns it parsed if it is a task message.
+    fn take_line(&mut self, line: String) -> Option<TaskMetricsMessage> {
+        let value: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|err| panic!("stdout line is not JSON {line:?}: {err}"));
+        self.stdout_lines.push(line);
+        value.get("task_id")?;
+        let message: TaskMetricsMessage =
+            serde_json::from_value(value).unwrap_or_else(|err| panic!("bad task message: {err}"));
+        self.messages.push(message.clone());
+        Some(message)
     }
 }
 

@@ -140,6 +140,39 @@ fn direct_io(path: &Path, direction: Direction) -> anyhow::Result<()> {
     result.with_context(|| format!("O_DIRECT on {}", path.display()))
 }
 
+/// `/proc/self/io` of a single process.
+#[derive(Debug, Serialize)]
+pub struct ProcessIo {
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+}
+
+/// Writes `mib` MiB with fsync in this process, then stays alive `hold`.
+pub fn write_and_hold(
+    path: &Path,
+    mib: usize,
+    hold: std::time::Duration,
+) -> anyhow::Result<ProcessIo> {
+    write_and_fsync(path, mib * MIB)?;
+    std::fs::remove_file(path)?;
+    let io = read_own_io()?;
+    std::thread::sleep(hold);
+    Ok(ProcessIo {
+        read_bytes: io.0,
+        write_bytes: io.1,
+    })
+}
+
+fn read_own_io() -> anyhow::Result<(u64, u64)> {
+    let io = std::fs::read_to_string("/proc/self/io").context("reading /proc/self/io")?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        io.lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .with_context(|| format!("no {name} in /proc/self/io"))
+    };
+    Ok((field("read_bytes:")?, field("write_bytes:")?))
+}
+
 fn write_and_fsync(path: &Path, size: usize) -> anyhow::Result<()> {
     let mut file = File::create(path)?;
     file.write_all(&vec![b'b'; size])?;

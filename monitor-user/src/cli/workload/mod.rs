@@ -74,6 +74,15 @@ pub fn run(args: WorkloadArgs) -> anyhow::Result<ExitCode> {
             report.as_deref(),
             &net::hammer(threads, processes, sends, size)?,
         )?,
+        WorkloadKind::Io {
+            file,
+            mib,
+            hold,
+            report,
+        } => {
+            let truth = disk::write_and_hold(&file, mib, Duration::from_secs_f64(hold))?;
+            write_report(report.as_deref(), &truth)?;
+        }
         WorkloadKind::Disk { dir, report } => {
             write_report(report.as_deref(), &disk::disk(&dir)?)?;
         }
