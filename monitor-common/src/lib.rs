@@ -17,6 +17,17 @@ pub const MAX_TRACKED_PROCS: u32 = 65_536;
 pub const MAX_PENDING_SPAWNS: u32 = 1024;
 /// Running threads waiting to be adopted into a task (`ADOPT_PENDING`).
 pub const MAX_PENDING_ADOPTIONS: u32 = 65_536;
+/// Task ids the kernel looks for in argv at exec (`DISCOVER`).
+pub const MAX_DISCOVERIES: u32 = 1024;
+/// Longest task id that exec discovery can match, in bytes.
+pub const DISCOVERY_ID_BYTES: usize = 64;
+/// Bytes of argv that exec discovery reads (a power of two).
+pub const DISCOVERY_ARGV_BYTES: usize = 2048;
+/// What precedes a task id in the host runtime's module path.
+pub const DISCOVERY_PREFIX: &[u8; 8] = b"proplet_";
+/// What follows it.
+pub const DISCOVERY_SUFFIX: &[u8; 5] = b".wasm";
+
 /// Bytes of the `TASK_EVENTS` ring buffer (a power of two, page multiple).
 pub const TASK_EVENTS_BYTES: u32 = 256 * 1024;
 
@@ -27,6 +38,11 @@ pub mod collect {
     pub const DISK: u32 = 2;
     pub const NETWORK: u32 = 4;
 }
+
+/// Index of the `ADOPT_PENDING` gate in `ADOPT_GATE`.
+pub const GATE_ADOPT: u32 = 0;
+/// Index of the `DISCOVER` gate in `ADOPT_GATE`.
+pub const GATE_DISCOVER: u32 = 1;
 
 /// Names of the maps, as the loader looks them up.
 pub mod maps {
@@ -46,11 +62,16 @@ pub mod maps {
     /// `HashMap<u32 tid, PendingThread>`: running threads to adopt the next
     /// time the kernel sees them (`propmon agent --attach`).
     pub const ADOPT_PENDING: &str = "ADOPT_PENDING";
-    /// `Array<u32>` with one entry: non-zero while `ADOPT_PENDING` may hold
-    /// entries, so that hooks look there only then.
+    /// `Array<u32>` with two entries, each non-zero while the matching map
+    /// may hold entries, so that hooks look there only then:
+    /// [`GATE_ADOPT`] for `ADOPT_PENDING`, [`GATE_DISCOVER`] for `DISCOVER`.
     pub const ADOPT_GATE: &str = "ADOPT_GATE";
     /// `RingBuf` of [`TaskEvent`]s.
     pub const TASK_EVENTS: &str = "TASK_EVENTS";
+    /// `HashMap<[u8; DISCOVERY_ID_BYTES] task id (NUL padded), u32 slot>`:
+    /// a process that execs with `proplet_<id>.wasm` in its argv becomes
+    /// the root of that task.
+    pub const DISCOVER: &str = "DISCOVER";
 }
 
 /// Name of the read-only global holding the [`KernelLayout`].
@@ -75,6 +96,11 @@ pub struct KernelLayout {
     pub task_cancelled_write_bytes: u32,
     /// `task_struct.start_boottime` (u64 ns since boot).
     pub task_start_boottime: u32,
+    /// `task_struct.mm` (pointer).
+    pub task_mm: u32,
+    /// `mm_struct.arg_start` / `arg_end`: where argv lies in user memory.
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
     /// Nanoseconds per clock tick (USER_HZ), the unit of `/proc/<pid>/stat`
     /// starttime.
     pub ns_per_clock_tick: u32,
@@ -129,7 +155,7 @@ pub struct PendingThread {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TaskEvent {
     pub slot: u32,
-    /// One of [`TaskEvent::PROCESS_EXITED`].
+    /// [`TaskEvent::PROCESS_EXITED`] or [`TaskEvent::DISCOVERED`].
     pub kind: u32,
 }
 
@@ -137,6 +163,9 @@ impl TaskEvent {
     /// The last thread of one of the task's processes exited: the task may
     /// be over once its threads are released.
     pub const PROCESS_EXITED: u32 = 1;
+    /// A process exec'd with the task's module in its argv and became the
+    /// task's root.
+    pub const DISCOVERED: u32 = 2;
 }
 
 /// Network protocol buckets of [`TaskCounters::net_tx`] / `net_rx`.
@@ -240,6 +269,8 @@ pub struct KernelStats {
     pub proc_insert_failures: u64,
     /// Task events lost because the ring buffer was full.
     pub event_drops: u64,
+    /// Execs whose argv could not be read for discovery.
+    pub argv_read_failures: u64,
 }
 
 impl KernelStats {
@@ -252,6 +283,9 @@ impl KernelStats {
             .proc_insert_failures
             .wrapping_add(other.proc_insert_failures);
         self.event_drops = self.event_drops.wrapping_add(other.event_drops);
+        self.argv_read_failures = self
+            .argv_read_failures
+            .wrapping_add(other.argv_read_failures);
     }
 
     /// Total of all failure counters.

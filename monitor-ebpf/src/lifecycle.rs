@@ -147,6 +147,13 @@ fn adopt_pending(task: u64) -> Option<&'static mut ThreadState> {
     tracked_thread(task)
 }
 
+/// Makes the (single-threaded, just exec'd) current process a task's root.
+#[inline(always)]
+pub fn adopt_process_root(task: u64, slot: u32) {
+    let cancelled = read::<u64>(task, layout().task_cancelled_write_bytes).unwrap_or(0);
+    adopt(task, slot, cancelled);
+}
+
 #[inline(always)]
 fn adopt(task: u64, slot: u32, cancelled_write_bytes_seen: u64) {
     let Some(counters) = task_counters(slot) else {

@@ -12,6 +12,7 @@
 #![allow(internal_features)]
 
 mod cpu;
+mod discovery;
 mod disk;
 mod layout;
 mod lifecycle;

@@ -8,7 +8,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use monitor_common::{
-    KernelStats, MAX_PENDING_ADOPTIONS, MAX_PENDING_SPAWNS, MAX_TASKS, MAX_TRACKED_PROCS,
+    DISCOVERY_ARGV_BYTES, DISCOVERY_ID_BYTES, GATE_ADOPT, GATE_DISCOVER, KernelStats,
+    MAX_DISCOVERIES, MAX_PENDING_ADOPTIONS, MAX_PENDING_SPAWNS, MAX_TASKS, MAX_TRACKED_PROCS,
     MAX_TRACKED_THREADS, PendingThread, TASK_EVENTS_BYTES, TaskCounters, ThreadState,
 };
 
@@ -44,9 +45,25 @@ pub static TASK_CONFIG: Array<u32> = Array::with_max_entries(MAX_TASKS, 0);
 pub static ADOPT_PENDING: HashMap<u32, PendingThread> =
     HashMap::with_max_entries(MAX_PENDING_ADOPTIONS, 0);
 
-/// Non-zero while `ADOPT_PENDING` may hold entries.
+/// Gates of `ADOPT_PENDING` and `DISCOVER`: non-zero while they may hold entries.
 #[map(name = "ADOPT_GATE")]
-pub static ADOPT_GATE: Array<u32> = Array::with_max_entries(1, 0);
+pub static ADOPT_GATE: Array<u32> = Array::with_max_entries(2, 0);
+
+/// Task ids to find in argv at exec (NUL-padded id -> slot).
+#[map(name = "DISCOVER")]
+pub static DISCOVER: HashMap<[u8; DISCOVERY_ID_BYTES], u32> =
+    HashMap::with_max_entries(MAX_DISCOVERIES, 0);
+
+/// Per-CPU room for an argv being searched (too big for the BPF stack).
+#[map(name = "ARGV_SCRATCH")]
+pub static ARGV_SCRATCH: PerCpuArray<Argv> = PerCpuArray::with_max_entries(1, 0);
+
+/// argv bytes, plus one id being assembled.
+#[repr(C)]
+pub struct Argv {
+    pub bytes: [u8; DISCOVERY_ARGV_BYTES],
+    pub id: [u8; DISCOVERY_ID_BYTES],
+}
 
 /// Events userspace reacts to (see `monitor_common::TaskEvent`).
 #[map(name = "TASK_EVENTS")]
@@ -76,7 +93,13 @@ pub fn task_flags(slot: u32) -> u32 {
 /// Whether userspace has threads waiting for adoption.
 #[inline(always)]
 pub fn adoption_pending() -> bool {
-    ADOPT_GATE.get(0).is_some_and(|gate| *gate != 0)
+    ADOPT_GATE.get(GATE_ADOPT).is_some_and(|gate| *gate != 0)
+}
+
+/// Whether userspace is waiting for task ids to show up in an argv.
+#[inline(always)]
+pub fn discovery_pending() -> bool {
+    ADOPT_GATE.get(GATE_DISCOVER).is_some_and(|gate| *gate != 0)
 }
 
 /// This CPU's counters of `slot`; `None` only for a slot out of range.

@@ -2,9 +2,14 @@
 //! whose cost grows with the number of tracked tasks, not with the number
 //! of processes on the host (the kernel lists each task's processes).
 //!
-//! Each round: refresh the backend, look at the tasks the backend says may
-//! have ended, sample the tasks that are due, and send a final message for
-//! every task whose last thread is gone.
+//! Each round: refresh the backend, start the tasks whose process appeared,
+//! look at the tasks the backend says may have ended, sample the tasks that
+//! are due, and send a final message for every task whose last thread is
+//! gone.
+//!
+//! A task normally owns a backend slot. Tasks that run inside the proplet
+//! process itself (Propeller's in-process runtime) share the slot of that
+//! process and report what it consumed since they started.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -15,6 +20,7 @@ use crate::{
     collect::{Backend, SpawnError, TaskTotals},
     export::{Outgoing, Sink},
     message::Source,
+    profiles::{MonitoringProfile, Preset},
     tasks::{Observation, SlotAllocator, Task, TaskSpec},
 };
 
@@ -22,15 +28,26 @@ use crate::{
 /// has not released (an unreaped zombie) is reported after this long; its
 /// CPU is final anyway.
 const UNREAPED_GRACE: Duration = Duration::from_secs(1);
+/// What in-process tasks report when attributed to the proplet process.
+pub const PROPLET_PROCESS_ATTRIBUTION: &str = "proplet-process";
 
 pub struct Engine {
     backend: Box<dyn Backend>,
     sink: Box<dyn Sink>,
     slots: SlotAllocator,
-    tasks: BTreeMap<u32, Task>,
+    /// Tasks by engine key.
+    tasks: BTreeMap<u64, Task>,
+    next_key: u64,
+    /// The slot tracking the proplet process, shared by in-process tasks.
+    proplet_slot: Option<SharedSlot>,
     host_memory_bytes: u64,
     /// How often rounds run when no task is due, to notice ended tasks.
     poll_period: Duration,
+}
+
+struct SharedSlot {
+    slot: u32,
+    pid: u32,
 }
 
 /// A task that sent its final message.
@@ -52,6 +69,8 @@ impl Engine {
             sink,
             slots: SlotAllocator::new(capacity),
             tasks: BTreeMap::new(),
+            next_key: 0,
+            proplet_slot: None,
             host_memory_bytes: crate::collect::host_memory_bytes(),
             poll_period,
         }
@@ -75,11 +94,10 @@ impl Engine {
         spec: TaskSpec,
         command: &mut tokio::process::Command,
     ) -> Result<(u32, tokio::process::Child), SpawnError> {
-        let slot = self.reserve(&spec)?;
+        let slot = self.reserve(&spec.profile)?;
         match self.backend.spawn(slot, command) {
             Ok(child) => {
-                self.tasks
-                    .insert(slot, Task::new(spec, slot, Instant::now()));
+                self.insert(Task::new(spec, slot, Instant::now()));
                 Ok((slot, child))
             }
             Err(err) => {
@@ -91,19 +109,90 @@ impl Engine {
 
     /// Starts monitoring the running process `pid` and its descendants.
     pub fn attach(&mut self, spec: TaskSpec, pid: u32) -> anyhow::Result<u32> {
-        let slot = self.reserve(&spec)?;
+        let slot = self.reserve(&spec.profile)?;
         if let Err(err) = self.backend.attach(slot, pid) {
             self.unreserve(slot);
             return Err(err);
         }
-        self.tasks
-            .insert(slot, Task::new(spec, slot, Instant::now()));
+        self.insert(Task::new(spec, slot, Instant::now()));
         Ok(slot)
     }
 
-    fn reserve(&mut self, spec: &TaskSpec) -> anyhow::Result<u32> {
+    /// Registers a task whose root process will be found at exec, by its
+    /// module path (`proplet_<task_id>.wasm` in argv).
+    pub fn discover(&mut self, spec: TaskSpec) -> anyhow::Result<u32> {
+        let slot = self.reserve(&spec.profile)?;
+        if let Err(err) = self.backend.discover(slot, &spec.task_id) {
+            self.unreserve(slot);
+            return Err(err);
+        }
+        self.insert(Task::awaiting(spec, slot, Instant::now()));
+        Ok(slot)
+    }
+
+    /// Reports a task through the proplet process `pid`, in which it runs
+    /// (Propeller's in-process runtime): the figures are what that process
+    /// consumed since now, flagged `"attribution":"proplet-process"`.
+    pub fn attribute_to_proplet(&mut self, mut spec: TaskSpec, pid: u32) -> anyhow::Result<()> {
+        let slot = self.proplet_slot(pid)?;
+        let baseline = self.backend.totals(slot)?;
+        spec.attribution = Some(PROPLET_PROCESS_ATTRIBUTION.to_owned());
+        let mut task = Task::new(spec, slot, Instant::now());
+        task.set_baseline(baseline);
+        self.insert(task);
+        Ok(())
+    }
+
+    /// The shared slot of the proplet process, attached on first use.
+    fn proplet_slot(&mut self, pid: u32) -> anyhow::Result<u32> {
+        if let Some(shared) = &self.proplet_slot {
+            anyhow::ensure!(
+                shared.pid == pid,
+                "in-process tasks are already attributed to PID {}",
+                shared.pid
+            );
+            return Ok(shared.slot);
+        }
+        // Everything is collected for the shared slot; each task's profile
+        // decides what its messages show.
+        let slot = self.reserve(&Preset::Intensive.profile())?;
+        if let Err(err) = self.backend.attach(slot, pid) {
+            self.unreserve(slot);
+            return Err(err.context(format!("attaching the proplet process {pid}")));
+        }
+        self.proplet_slot = Some(SharedSlot { slot, pid });
+        Ok(slot)
+    }
+
+    /// Forgets a task whose process never appeared, without a message;
+    /// returns its spec.
+    pub fn withdraw(&mut self, task_id: &str) -> Option<TaskSpec> {
+        let key = self.key_of(task_id)?;
+        if !self.tasks.get(&key)?.awaiting_discovery {
+            return None;
+        }
+        self.backend.forget_discovery(task_id);
+        let task = self.tasks.remove(&key)?;
+        self.unreserve(task.slot);
+        Some(task.spec)
+    }
+
+    /// Ends a task now (Propeller's stop): its final message, then it is
+    /// forgotten. `None` if no such task.
+    pub fn stop(&mut self, task_id: &str) -> Option<Ended> {
+        let key = self.key_of(task_id)?;
+        self.backend.forget_discovery(task_id);
+        self.finish_key(key)
+    }
+
+    fn insert(&mut self, task: Task) {
+        self.tasks.insert(self.next_key, task);
+        self.next_key += 1;
+    }
+
+    fn reserve(&mut self, profile: &MonitoringProfile) -> anyhow::Result<u32> {
         let slot = self.slots.allocate()?;
-        if let Err(err) = self.backend.prepare(slot, &spec.profile) {
+        if let Err(err) = self.backend.prepare(slot, profile) {
             self.slots.free(slot);
             return Err(err);
         }
@@ -120,6 +209,7 @@ impl Engine {
         let poll = now + self.poll_period;
         self.tasks
             .values()
+            .filter(|task| !task.awaiting_discovery)
             .map(|task| task.next_due)
             .fold(poll, Instant::min)
     }
@@ -127,47 +217,64 @@ impl Engine {
     /// One round at `now`; returns the tasks that ended in it.
     pub fn round(&mut self, now: Instant) -> Vec<Ended> {
         self.backend.refresh();
-        let mut ended = Vec::new();
-        let hinted: BTreeSet<u32> = self.backend.ended_hints().into_iter().collect();
-        let watched: Vec<u32> = self
+        let events = self.backend.events();
+        for task in self.tasks.values_mut() {
+            if events.discovered.contains(&task.slot) && task.awaiting_discovery {
+                tracing::info!("task {}: its process appeared", task.spec.task_id);
+                task.discovered(now);
+            }
+        }
+        let hinted: BTreeSet<u32> = events.maybe_ended.into_iter().collect();
+        let watched: BTreeSet<u32> = self
             .tasks
             .values()
+            .filter(|task| !task.awaiting_discovery)
             .filter(|task| hinted.contains(&task.slot) || task.processes_gone_since.is_some())
             .map(|task| task.slot)
             .collect();
-        for slot in watched {
-            if self.has_ended(slot, now) {
-                ended.push(slot);
-            }
-        }
-        let due: Vec<u32> = self
+        let ended_slots: BTreeSet<u32> = watched
+            .into_iter()
+            .filter(|&slot| self.slot_has_ended(slot, now))
+            .collect();
+        let due: Vec<u64> = self
             .tasks
-            .values()
-            .filter(|task| task.next_due <= now && !ended.contains(&task.slot))
-            .map(|task| task.slot)
+            .iter()
+            .filter(|(_, task)| !task.awaiting_discovery && task.next_due <= now)
+            .filter(|(_, task)| !ended_slots.contains(&task.slot))
+            .map(|(key, _)| *key)
             .collect();
         if !due.is_empty() {
             let mut processes = self.backend.processes();
-            for slot in due {
-                let pids = processes.remove(&slot).unwrap_or_default();
-                self.emit(slot, &pids, false);
-                if let Some(task) = self.tasks.get_mut(&slot) {
+            for key in due {
+                let Some(slot) = self.tasks.get(&key).map(|task| task.slot) else {
+                    continue;
+                };
+                let pids = processes.get(&slot).cloned().unwrap_or_default();
+                self.emit(key, &pids, false);
+                if let Some(task) = self.tasks.get_mut(&key) {
                     task.schedule_after(now);
                 }
             }
+            processes.clear();
         }
         if let Some(losses) = self.backend.new_losses() {
             tracing::warn!("{losses}");
         }
-        ended
+        let ended_keys: Vec<u64> = self
+            .tasks
+            .iter()
+            .filter(|(_, task)| ended_slots.contains(&task.slot))
+            .map(|(key, _)| *key)
+            .collect();
+        ended_keys
             .into_iter()
-            .filter_map(|slot| self.finish(slot))
+            .filter_map(|key| self.finish_key(key))
             .collect()
     }
 
-    /// Whether a task's last thread is gone (or its processes all exited
+    /// Whether a slot's last thread is gone (or its processes all exited
     /// long enough ago).
-    fn has_ended(&mut self, slot: u32, now: Instant) -> bool {
+    fn slot_has_ended(&mut self, slot: u32, now: Instant) -> bool {
         let totals = match self.backend.totals(slot) {
             Ok(totals) => totals,
             Err(err) => {
@@ -175,34 +282,48 @@ impl Engine {
                 return false;
             }
         };
-        let Some(task) = self.tasks.get_mut(&slot) else {
-            return false;
-        };
-        if totals.live_threads == 0 {
-            return true;
+        let mut ended = totals.live_threads == 0;
+        for task in self.tasks.values_mut().filter(|task| task.slot == slot) {
+            if ended || totals.live_processes > 0 {
+                task.processes_gone_since = None;
+                continue;
+            }
+            let since = *task.processes_gone_since.get_or_insert(now);
+            if now.duration_since(since) > UNREAPED_GRACE {
+                tracing::warn!(
+                    "task {}: its processes exited but are not reaped; reporting it as ended",
+                    task.spec.task_id
+                );
+                ended = true;
+            }
         }
-        if totals.live_processes > 0 {
-            task.processes_gone_since = None;
-            return false;
-        }
-        let since = *task.processes_gone_since.get_or_insert(now);
-        if now.duration_since(since) > UNREAPED_GRACE {
-            tracing::warn!(
-                "task {}: its processes exited but are not reaped; reporting it as ended",
-                task.spec.task_id
-            );
-            return true;
-        }
-        false
+        ended
     }
 
     /// Sends the final message of a task and forgets it.
     pub fn finish(&mut self, slot: u32) -> Option<Ended> {
+        let key = self
+            .tasks
+            .iter()
+            .find(|(_, task)| task.slot == slot)
+            .map(|(key, _)| *key)?;
+        self.finish_key(key)
+    }
+
+    fn finish_key(&mut self, key: u64) -> Option<Ended> {
+        let slot = self.tasks.get(&key)?.slot;
         let pids = self.backend.processes().remove(&slot).unwrap_or_default();
-        self.emit(slot, &pids, true);
-        let task = self.tasks.remove(&slot)?;
-        self.backend.release(slot);
-        self.slots.free(slot);
+        self.emit(key, &pids, true);
+        let task = self.tasks.remove(&key)?;
+        let shared = self.proplet_slot.as_ref().is_some_and(|s| s.slot == slot);
+        let still_used = self.tasks.values().any(|other| other.slot == slot);
+        if !still_used {
+            if shared {
+                self.proplet_slot = None;
+            }
+            self.backend.release(slot);
+            self.slots.free(slot);
+        }
         Some(Ended {
             slot,
             task_id: task.spec.task_id,
@@ -211,22 +332,35 @@ impl Engine {
 
     /// Final messages for every task (the agent is stopping).
     pub fn finish_all(&mut self) -> Vec<Ended> {
-        let slots: Vec<u32> = self.tasks.keys().copied().collect();
-        slots
-            .into_iter()
-            .filter_map(|slot| self.finish(slot))
+        let keys: Vec<u64> = self.tasks.keys().copied().collect();
+        keys.into_iter()
+            .filter_map(|key| self.finish_key(key))
             .collect()
     }
 
-    /// The slot of a task by its id.
-    pub fn slot_of(&self, task_id: &str) -> Option<u32> {
-        self.tasks
-            .values()
-            .find(|task| task.spec.task_id == task_id)
-            .map(|task| task.slot)
+    /// Whether a task with this id is monitored.
+    pub fn has_task(&self, task_id: &str) -> bool {
+        self.key_of(task_id).is_some()
     }
 
-    fn emit(&mut self, slot: u32, pids: &[u32], is_final: bool) {
+    /// Whether the task is still waiting for its process to appear.
+    pub fn is_awaiting(&self, task_id: &str) -> bool {
+        self.key_of(task_id)
+            .and_then(|key| self.tasks.get(&key))
+            .is_some_and(|task| task.awaiting_discovery)
+    }
+
+    fn key_of(&self, task_id: &str) -> Option<u64> {
+        self.tasks
+            .iter()
+            .find(|(_, task)| task.spec.task_id == task_id)
+            .map(|(key, _)| *key)
+    }
+
+    fn emit(&mut self, key: u64, pids: &[u32], is_final: bool) {
+        let Some(slot) = self.tasks.get(&key).map(|task| task.slot) else {
+            return;
+        };
         let totals = match self.backend.totals(slot) {
             Ok(totals) => totals,
             Err(err) => {
@@ -234,13 +368,13 @@ impl Engine {
                 TaskTotals::default()
             }
         };
-        let processes = if is_final {
+        let processes = if is_final && totals.live_processes == 0 {
             Default::default()
         } else {
             self.backend.sample_processes(pids)
         };
         let source = self.backend.source();
-        let Some(task) = self.tasks.get_mut(&slot) else {
+        let Some(task) = self.tasks.get_mut(&key) else {
             return;
         };
         let observation = Observation {
@@ -263,7 +397,7 @@ impl Engine {
 pub fn task_spec(
     task_id: &str,
     proplet_id: &str,
-    profile: crate::profiles::MonitoringProfile,
+    profile: MonitoringProfile,
 ) -> anyhow::Result<TaskSpec> {
     let task_id = task_id.trim();
     anyhow::ensure!(!task_id.is_empty(), "a task id must not be empty");

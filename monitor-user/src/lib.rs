@@ -6,7 +6,7 @@
 //! - `profiles`: Propeller's monitoring profiles (what to collect, how often).
 //! - `collect`: where the numbers come from (`ebpf` in the kernel, `procfs`).
 //! - `message`: the JSON messages we emit, field for field; `export` sends them.
-//! - `proplet`: the agent's own metrics.
+//! - `proplet`: the agent's own metrics; `propeller`: the Manager's control messages.
 //! - `cli`: one module per subcommand.
 
 pub mod cli;
@@ -17,5 +17,6 @@ pub mod export;
 pub mod history;
 pub mod message;
 pub mod profiles;
+pub mod propeller;
 pub mod proplet;
 pub mod tasks;

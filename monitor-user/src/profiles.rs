@@ -5,7 +5,7 @@
 //! are read the way both of Propeller's dialects write them:
 //!
 //! - the object may be bare or wrapped in `monitoring_profile` or
-//!   `monitoringProfile`;
+//!   `monitoringProfile`; the wrapper may also hold a preset's name;
 //! - every field is optional: a missing field takes the `standard` preset's
 //!   value;
 //! - `interval` is a number or a string. A number below 1,000,000 is seconds
@@ -94,14 +94,17 @@ pub fn parse_profile_json(text: &str) -> Result<MonitoringProfile, ProfileError>
 
 /// Parses a profile from a JSON value (see the module doc for the rules).
 pub fn parse_profile_value(value: &Value) -> Result<MonitoringProfile, ProfileError> {
-    let Value::Object(outer) = value else {
-        return Err(ProfileError::NotAnObject(kind_of(value)));
+    let outer = match value {
+        Value::Object(outer) => outer,
+        Value::String(name) => return Ok(Preset::from_name(name)?.profile()),
+        other => return Err(ProfileError::NotAnObject(kind_of(other))),
     };
     let wrapped = outer
         .get("monitoring_profile")
         .or_else(|| outer.get("monitoringProfile"));
     let fields = match wrapped {
         Some(Value::Object(inner)) => inner,
+        Some(Value::String(name)) => return Ok(Preset::from_name(name)?.profile()),
         Some(other) => return Err(ProfileError::NotAnObject(kind_of(other))),
         None => outer,
     };
@@ -355,6 +358,10 @@ mod tests {
                     export_to_mqtt: false,
                     ..standard.clone()
                 },
+            ),
+            (
+                r#"{"monitoringProfile": "real-time-api"}"#,
+                Preset::RealTimeApi.profile(),
             ),
             (
                 r#"{"enabled": false, "interval": null}"#,

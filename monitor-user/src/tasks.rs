@@ -41,6 +41,10 @@ pub struct Task {
     /// Since when the task has had no live process (waiting for the
     /// kernel to release its threads).
     pub processes_gone_since: Option<Instant>,
+    /// Registered, but its process has not appeared yet (exec discovery).
+    pub awaiting_discovery: bool,
+    /// Totals of a shared slot when this task began (in-process tasks).
+    baseline: Option<TaskTotals>,
 }
 
 /// Everything measured about a task at one instant.
@@ -66,7 +70,29 @@ impl Task {
             previous: (started, TaskTotals::default()),
             history,
             processes_gone_since: None,
+            awaiting_discovery: false,
+            baseline: None,
         }
+    }
+
+    /// Reports only what the slot counts from now on.
+    pub fn set_baseline(&mut self, baseline: TaskTotals) {
+        self.baseline = Some(baseline);
+    }
+
+    /// A task whose process is yet to appear: nothing is due until then.
+    pub fn awaiting(spec: TaskSpec, slot: u32, now: Instant) -> Self {
+        let mut task = Task::new(spec, slot, now);
+        task.awaiting_discovery = true;
+        task
+    }
+
+    /// Its process appeared: the task's clock starts now.
+    pub fn discovered(&mut self, now: Instant) {
+        self.awaiting_discovery = false;
+        self.started = now;
+        self.previous = (now, TaskTotals::default());
+        self.next_due = now + self.spec.profile.interval;
     }
 
     /// Moves `next_due` past `now` by whole intervals (a late round skips
@@ -87,7 +113,10 @@ impl Task {
     ) -> TaskMetricsMessage {
         let profile = &self.spec.profile;
         let (previous_at, previous) = self.previous;
-        let totals = observation.totals;
+        let totals = match &self.baseline {
+            Some(baseline) => observation.totals.since(baseline),
+            None => observation.totals,
+        };
         let elapsed = observation.at.saturating_duration_since(previous_at);
         self.previous = (observation.at, totals);
         self.seq += 1;

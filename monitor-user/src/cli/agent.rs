@@ -9,12 +9,19 @@ use std::{
 use anyhow::{Context as _, bail};
 use tokio::time::sleep_until;
 
+use tokio::sync::mpsc;
+
 use super::{AgentArgs, ProfileArgs, config::ConfigFile, run::host_name, signals::StopSignals};
 use crate::{
     collect::{self, BackendChoice},
     engine::{Engine, task_spec},
-    export::{Outgoing, Sink, stdout::StdoutSink},
+    export::{
+        self, Fanout, Outgoing, Sink,
+        mqtt::{Incoming, MqttSettings},
+        stdout::StdoutSink,
+    },
     profiles::{MonitoringProfile, Preset},
+    propeller::{self, Control},
     proplet::{PropletReporter, parse_metrics_interval},
 };
 
@@ -80,6 +87,17 @@ pub struct AgentSettings {
     pub namespace: String,
     pub metrics_interval: Duration,
     pub enable_monitoring: bool,
+    pub mqtt: Option<MqttSettings>,
+    pub propeller: bool,
+    pub proplet_process: Option<PropletProcess>,
+    pub discovery_grace: Duration,
+}
+
+/// How to find the proplet process, for in-process tasks.
+#[derive(Clone, Debug)]
+pub enum PropletProcess {
+    Pid(u32),
+    Exe(String),
 }
 
 impl AgentSettings {
@@ -105,14 +123,40 @@ impl AgentSettings {
             (None, Some(text)) => parse_metrics_interval(&text).map_err(anyhow::Error::msg)?,
             (None, None) => DEFAULT_METRICS_INTERVAL,
         };
+        let proplet_id = args
+            .proplet_id
+            .or(file.proplet_id.clone())
+            .unwrap_or_else(host_name);
+        let propeller = args.propeller.or(file.propeller).unwrap_or(false);
+        let mut mqtt_args = args.mqtt;
+        file.fill_mqtt(&mut mqtt_args);
+        let subscribe: &[&str] = if propeller {
+            &[propeller::START_PATH, propeller::STOP_PATH]
+        } else {
+            &[]
+        };
+        let mqtt = mqtt_args.settings(&proplet_id, subscribe)?;
+        if propeller && mqtt.is_none() {
+            bail!("--propeller needs a broker: set --mqtt-url (PROPLET_MQTT_ADDRESS)");
+        }
+        let proplet_process = match (
+            args.proplet_pid.or(file.proplet_pid),
+            args.proplet_exe.or(file.proplet_exe),
+        ) {
+            (Some(pid), _) => Some(PropletProcess::Pid(pid)),
+            (None, Some(exe)) => Some(PropletProcess::Exe(exe)),
+            (None, None) => None,
+        };
+        let discovery_grace = match (args.discovery_grace, &file.discovery_grace) {
+            (Some(grace), _) => grace,
+            (None, Some(text)) => crate::duration::parse_interval(text)?,
+            (None, None) => Duration::from_secs(1),
+        };
         Ok(AgentSettings {
             attach,
             default_profile,
             backend: args.backend.or(file.backend).unwrap_or(BackendChoice::Auto),
-            proplet_id: args
-                .proplet_id
-                .or(file.proplet_id)
-                .unwrap_or_else(host_name),
+            proplet_id,
             namespace: args
                 .namespace
                 .or(file.namespace)
@@ -122,6 +166,10 @@ impl AgentSettings {
                 .enable_monitoring
                 .or(file.enable_monitoring)
                 .unwrap_or(true),
+            mqtt,
+            propeller,
+            proplet_process,
+            discovery_grace,
         })
     }
 
@@ -148,14 +196,26 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(settings, Box::new(StdoutSink::default())))?;
+    runtime.block_on(serve(settings))?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// The agent's loop, with messages going to `sink`.
-pub async fn serve(settings: AgentSettings, sink: Box<dyn Sink>) -> anyhow::Result<()> {
+/// How long the agent waits at exit for the broker to take the final messages.
+const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The agent's loop.
+pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
     let backend = collect::open(settings.backend)?;
-    let mut engine = Engine::new(backend, sink, monitor_common::MAX_TASKS);
+    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(StdoutSink::default())];
+    let mut control = None;
+    let mut flusher = None;
+    if let Some(mqtt) = settings.mqtt.clone() {
+        let (sink, flush, incoming) = export::mqtt::start(mqtt)?;
+        sinks.push(Box::new(sink));
+        control = Some(incoming);
+        flusher = Some(flush);
+    }
+    let mut engine = Engine::new(backend, Box::new(Fanout(sinks)), monitor_common::MAX_TASKS);
     tracing::info!("propmon agent started ({:?} backend)", engine.source());
     for spec in &settings.attach {
         if let Err(err) = attach(&mut engine, &settings, spec) {
@@ -166,6 +226,8 @@ pub async fn serve(settings: AgentSettings, sink: Box<dyn Sink>) -> anyhow::Resu
         .enable_monitoring
         .then(|| PropletReporter::new(settings.proplet_id.clone(), settings.namespace.clone()));
     let mut next_proplet = Instant::now() + settings.metrics_interval;
+    // Started tasks that may turn out to run inside the proplet process.
+    let mut in_process_checks: Vec<(Instant, String)> = Vec::new();
     let mut signals = StopSignals::install()?;
     loop {
         let now = Instant::now();
@@ -173,12 +235,16 @@ pub async fn serve(settings: AgentSettings, sink: Box<dyn Sink>) -> anyhow::Resu
         if proplet.is_some() {
             wake = wake.min(next_proplet);
         }
+        if let Some((at, _)) = in_process_checks.first() {
+            wake = wake.min(*at);
+        }
         tokio::select! {
             _ = sleep_until(wake.into()) => {
                 let now = Instant::now();
                 for ended in engine.round(now) {
                     tracing::info!("task {} ended", ended.task_id);
                 }
+                attribute_in_process(&mut engine, &settings, &mut in_process_checks, now);
                 if let Some(reporter) = proplet.as_mut().filter(|_| now >= next_proplet) {
                     let dropped = engine.sink_mut().dropped();
                     let message = reporter.sample(engine.task_count(), dropped, engine.source());
@@ -188,6 +254,9 @@ pub async fn serve(settings: AgentSettings, sink: Box<dyn Sink>) -> anyhow::Resu
                     }
                 }
             }
+            Some(message) = recv(&mut control) => {
+                on_control(&mut engine, &settings, &mut in_process_checks, message);
+            }
             stop = signals.recv() => {
                 tracing::info!("received {stop}: final messages for {} tasks", engine.task_count());
                 engine.finish_all();
@@ -195,7 +264,113 @@ pub async fn serve(settings: AgentSettings, sink: Box<dyn Sink>) -> anyhow::Resu
             }
         }
     }
+    drop(engine); // detaches the programs
+    if let Some(flusher) = flusher
+        && !flusher.flush(FLUSH_DEADLINE).await
+    {
+        tracing::warn!("the MQTT broker did not take every message before exit");
+    }
     Ok(())
+}
+
+async fn recv(control: &mut Option<mpsc::Receiver<Incoming>>) -> Option<Incoming> {
+    match control {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A start or stop from the Manager.
+fn on_control(
+    engine: &mut Engine,
+    settings: &AgentSettings,
+    in_process_checks: &mut Vec<(Instant, String)>,
+    message: Incoming,
+) {
+    match propeller::parse(&message.topic, &message.payload, &settings.proplet_id) {
+        Ok(Control::Start(start)) => {
+            if engine.has_task(&start.task_id) {
+                tracing::warn!(
+                    "start for task {}: already monitored, ignored",
+                    start.task_id
+                );
+                return;
+            }
+            if !start.profile.enabled {
+                tracing::info!("task {}: profile disabled, not monitored", start.task_id);
+                return;
+            }
+            let spec = match task_spec(&start.task_id, &settings.proplet_id, start.profile) {
+                Ok(spec) => spec,
+                Err(err) => {
+                    tracing::warn!("start for task {}: {err:#}; skipped", start.task_id);
+                    return;
+                }
+            };
+            match engine.discover(spec) {
+                Ok(_) => {
+                    tracing::info!("task {}: waiting for its process", start.task_id);
+                    if settings.proplet_process.is_some() {
+                        in_process_checks
+                            .push((Instant::now() + settings.discovery_grace, start.task_id));
+                        in_process_checks.sort();
+                    }
+                }
+                Err(err) => tracing::error!("task {}: {err:#}", start.task_id),
+            }
+        }
+        Ok(Control::Stop { task_id }) => {
+            in_process_checks.retain(|(_, id)| *id != task_id);
+            match engine.stop(&task_id) {
+                Some(_) => tracing::info!("task {task_id} stopped by the Manager"),
+                None => tracing::info!("stop for task {task_id}, which is not monitored"),
+            }
+        }
+        Err(propeller::Skipped::NotOurs(target)) => {
+            tracing::debug!("control message for proplet {target:?}, not ours");
+        }
+        Err(err) => tracing::warn!("ignoring a control message on {}: {err}", message.topic),
+    }
+}
+
+/// Tasks whose process did not appear in time run inside the proplet.
+fn attribute_in_process(
+    engine: &mut Engine,
+    settings: &AgentSettings,
+    checks: &mut Vec<(Instant, String)>,
+    now: Instant,
+) {
+    while checks.first().is_some_and(|(at, _)| *at <= now) {
+        let (_, task_id) = checks.remove(0);
+        if !engine.is_awaiting(&task_id) {
+            continue;
+        }
+        let Some(pid) = settings.proplet_process.as_ref().and_then(find_proplet) else {
+            tracing::warn!("task {task_id}: no process yet, and the proplet process is not found");
+            continue;
+        };
+        let Some(spec) = engine.withdraw(&task_id) else {
+            continue;
+        };
+        match engine.attribute_to_proplet(spec, pid) {
+            Ok(()) => tracing::info!("task {task_id}: attributed to the proplet process {pid}"),
+            Err(err) => tracing::error!("task {task_id}: {err:#}"),
+        }
+    }
+}
+
+fn find_proplet(process: &PropletProcess) -> Option<u32> {
+    match process {
+        PropletProcess::Pid(pid) => Some(*pid),
+        PropletProcess::Exe(name) => {
+            let mut system = sysinfo::System::new().ok()?;
+            system.refresh_processes(sysinfo::ProcessesToUpdate::All, true);
+            system
+                .processes_by_exact_name(std::ffi::OsStr::new(name))
+                .find(|process| process.thread_kind().is_none())
+                .map(|process| process.pid().as_u32())
+        }
+    }
 }
 
 fn attach(engine: &mut Engine, settings: &AgentSettings, spec: &AttachSpec) -> anyhow::Result<()> {
@@ -204,7 +379,7 @@ fn attach(engine: &mut Engine, settings: &AgentSettings, spec: &AttachSpec) -> a
         tracing::info!("task {}: profile disabled, not monitored", spec.task_id);
         return Ok(());
     }
-    if engine.slot_of(&spec.task_id).is_some() {
+    if engine.has_task(&spec.task_id) {
         bail!("a task with this id is already monitored");
     }
     let task = task_spec(&spec.task_id, &settings.proplet_id, profile)?;
@@ -258,6 +433,10 @@ mod tests {
             namespace: "default".into(),
             metrics_interval: DEFAULT_METRICS_INTERVAL,
             enable_monitoring: true,
+            mqtt: None,
+            propeller: false,
+            proplet_process: None,
+            discovery_grace: Duration::from_secs(1),
         };
         assert_eq!(
             settings.profile_for(None, true),

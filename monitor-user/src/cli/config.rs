@@ -35,6 +35,40 @@ pub struct ConfigFile {
     /// `TASK_ID=PID[,profile=NAME][,daemon=true]` entries.
     #[serde(default)]
     pub attach: Vec<String>,
+    pub mqtt_url: Option<String>,
+    pub mqtt_username: Option<String>,
+    pub mqtt_password: Option<String>,
+    pub mqtt_client_id: Option<String>,
+    pub mqtt_ca_file: Option<std::path::PathBuf>,
+    pub domain_id: Option<String>,
+    pub channel_id: Option<String>,
+    pub topic_style: Option<crate::export::mqtt::TopicStyle>,
+    pub mqtt_queue_size: Option<usize>,
+    pub propeller: Option<bool>,
+    pub proplet_pid: Option<u32>,
+    pub proplet_exe: Option<String>,
+    /// A duration such as "1s".
+    pub discovery_grace: Option<String>,
+}
+
+impl ConfigFile {
+    /// Fills the MQTT settings the flags and environment left unset.
+    pub fn fill_mqtt(&self, mqtt: &mut super::MqttArgs) {
+        fn fill<T: Clone>(slot: &mut Option<T>, value: &Option<T>) {
+            if slot.is_none() {
+                slot.clone_from(value);
+            }
+        }
+        fill(&mut mqtt.mqtt_url, &self.mqtt_url);
+        fill(&mut mqtt.mqtt_username, &self.mqtt_username);
+        fill(&mut mqtt.mqtt_password, &self.mqtt_password);
+        fill(&mut mqtt.mqtt_client_id, &self.mqtt_client_id);
+        fill(&mut mqtt.mqtt_ca_file, &self.mqtt_ca_file);
+        fill(&mut mqtt.domain_id, &self.domain_id);
+        fill(&mut mqtt.channel_id, &self.channel_id);
+        fill(&mut mqtt.topic_style, &self.topic_style);
+        fill(&mut mqtt.mqtt_queue_size, &self.mqtt_queue_size);
+    }
 }
 
 impl ConfigFile {

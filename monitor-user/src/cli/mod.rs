@@ -87,6 +87,83 @@ impl ProfileArgs {
     }
 }
 
+/// Where to publish (MQTT); nothing is published without `--mqtt-url`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct MqttArgs {
+    /// Broker address: mqtt://host:port (or tcp://), mqtts://host:port (TLS).
+    #[arg(long, value_name = "URL", env = "PROPLET_MQTT_ADDRESS")]
+    pub mqtt_url: Option<String>,
+    /// MQTT user name (Propeller: the proplet's client id).
+    #[arg(long, value_name = "NAME", env = "PROPLET_CLIENT_ID")]
+    pub mqtt_username: Option<String>,
+    /// MQTT password (Propeller: the proplet's client key).
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "PROPLET_CLIENT_KEY",
+        hide_env_values = true
+    )]
+    pub mqtt_password: Option<String>,
+    /// MQTT client id [default: propmon-<proplet id>; must differ from the
+    /// proplet's own, or the broker drops one of the two sessions].
+    #[arg(long, value_name = "ID", env = "PROPMON_MQTT_CLIENT_ID")]
+    pub mqtt_client_id: Option<String>,
+    /// CA certificate (PEM) that signed an mqtts:// broker's certificate.
+    #[arg(long, value_name = "FILE", env = "PROPMON_MQTT_CA_FILE")]
+    pub mqtt_ca_file: Option<PathBuf>,
+    /// Domain (tenant) id: topics are m/{domain}/c/{channel}/...
+    #[arg(long, value_name = "ID", env = "PROPLET_DOMAIN_ID")]
+    pub domain_id: Option<String>,
+    /// Channel id: topics are m/{domain}/c/{channel}/...
+    #[arg(long, value_name = "ID", env = "PROPLET_CHANNEL_ID")]
+    pub channel_id: Option<String>,
+    /// Per-task topic: control/proplet/task_metrics (propeller) or
+    /// metrics/proplet (rust-v1).
+    #[arg(long, value_enum, env = "PROPMON_TOPIC_STYLE")]
+    pub topic_style: Option<crate::export::mqtt::TopicStyle>,
+    /// Messages kept while the broker is unreachable; beyond it the oldest
+    /// are dropped and counted [default: 60000, 10 min of 100 tasks at 1 s].
+    #[arg(long, value_name = "N", env = "PROPMON_MQTT_QUEUE_SIZE")]
+    pub mqtt_queue_size: Option<usize>,
+}
+
+impl MqttArgs {
+    /// The validated MQTT settings, if a broker is configured.
+    pub fn settings(
+        &self,
+        proplet_id: &str,
+        subscribe: &[&str],
+    ) -> anyhow::Result<Option<crate::export::mqtt::MqttSettings>> {
+        use crate::export::mqtt::{DEFAULT_QUEUE_SIZE, MqttSettings, TopicStyle};
+        let Some(url) = self.mqtt_url.clone().filter(|url| !url.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let (Some(domain_id), Some(channel_id)) = (&self.domain_id, &self.channel_id) else {
+            anyhow::bail!(
+                "--mqtt-url needs --domain-id and --channel-id \
+                 (PROPLET_DOMAIN_ID, PROPLET_CHANNEL_ID) to build the topics"
+            );
+        };
+        let mut settings = MqttSettings {
+            url,
+            client_id: self
+                .mqtt_client_id
+                .clone()
+                .unwrap_or_else(|| format!("propmon-{proplet_id}")),
+            username: self.mqtt_username.clone(),
+            password: self.mqtt_password.clone(),
+            ca_file: self.mqtt_ca_file.clone(),
+            domain_id: domain_id.clone(),
+            channel_id: channel_id.clone(),
+            topic_style: self.topic_style.unwrap_or(TopicStyle::Propeller),
+            queue_size: self.mqtt_queue_size.unwrap_or(DEFAULT_QUEUE_SIZE),
+            subscribe: Vec::new(),
+        };
+        settings.subscribe = subscribe.iter().map(|path| settings.topic(path)).collect();
+        Ok(Some(settings))
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Task id put in every message [default: a random UUID].
@@ -104,6 +181,8 @@ pub struct RunArgs {
     /// loads and sysinfo otherwise.
     #[arg(long, value_enum, default_value = "auto", env = "PROPMON_BACKEND")]
     pub backend: BackendChoice,
+    #[command(flatten)]
+    pub mqtt: MqttArgs,
     /// The command to run, and its arguments.
     #[arg(value_name = "CMD", required = true, trailing_var_arg = true, num_args = 1..)]
     pub command: Vec<OsString>,
@@ -135,6 +214,25 @@ pub struct AgentArgs {
     /// Send proplet-level messages [default: true].
     #[arg(long, value_name = "BOOL", env = "PROPLET_ENABLE_MONITORING", value_parser = BoolishValueParser::new())]
     pub enable_monitoring: Option<bool>,
+    #[command(flatten)]
+    pub mqtt: MqttArgs,
+    /// Propeller mode: learn tasks from the Manager's start and stop
+    /// messages (needs --mqtt-url); a process that execs with
+    /// proplet_<task-id>.wasm in its argv becomes the task's root.
+    #[arg(long, env = "PROPMON_PROPELLER", value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
+    pub propeller: Option<bool>,
+    /// The proplet process, for tasks its in-process runtime runs: a task
+    /// whose own process does not appear within --discovery-grace is
+    /// attributed to it ("attribution":"proplet-process").
+    #[arg(long, value_name = "PID", env = "PROPMON_PROPLET_PID")]
+    pub proplet_pid: Option<u32>,
+    /// Find the proplet process by executable name instead of --proplet-pid.
+    #[arg(long, value_name = "NAME", env = "PROPMON_PROPLET_EXE")]
+    pub proplet_exe: Option<String>,
+    /// How long a started task's own process may take to appear before the
+    /// task is attributed to the proplet process [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
+    pub discovery_grace: Option<Duration>,
     /// A TOML file with any of these settings (flags and environment
     /// variables take precedence).
     #[arg(long, value_name = "FILE", env = "PROPMON_CONFIG")]
@@ -199,6 +297,22 @@ pub enum WorkloadKind {
         #[arg(long)]
         peer6: Option<std::net::SocketAddr>,
         /// Where to write the ground truth as JSON.
+        #[arg(long)]
+        report: Option<std::path::PathBuf>,
+    },
+    /// A stand-in for Propeller's host runtime: carries MODULE in its argv
+    /// (like `wasmtime run /tmp/proplet_<id>.wasm`), burns CPU and moves
+    /// TCP bytes in itself and a child, reaps it, and reports the ground
+    /// truth of the whole tree.
+    Runtime {
+        /// The module path (only carried in argv).
+        #[arg(long)]
+        module: std::path::PathBuf,
+        #[arg(long, default_value_t = 200)]
+        burn_ms: u64,
+        /// TCP bytes the child sends (and half as many back).
+        #[arg(long, default_value_t = 500_000)]
+        bytes: usize,
         #[arg(long)]
         report: Option<std::path::PathBuf>,
     },

@@ -17,13 +17,15 @@ use super::{
 use crate::{
     collect::{self, BackendChoice, SpawnError},
     engine::{Engine, task_spec},
-    export::stdout::StdoutSink,
+    export::{self, Fanout, Sink, mqtt::MqttSettings, stdout::StdoutSink},
     profiles::Preset,
     tasks::TaskSpec,
 };
 
 /// After SIGINT/SIGTERM (forwarded to CMD), how long CMD gets to finish.
 const SIGNAL_GRACE: Duration = Duration::from_secs(2);
+/// How long propmon waits at exit for the broker to take the last messages.
+const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
 /// Exit code for propmon's own failures (as `env`, `timeout`, `docker run`).
 const EXIT_PROPMON_FAILED: u8 = 125;
 
@@ -32,6 +34,7 @@ const EXIT_PROPMON_FAILED: u8 = 125;
 struct RunSettings {
     spec: TaskSpec,
     backend: BackendChoice,
+    mqtt: Option<MqttSettings>,
     command: Vec<OsString>,
 }
 
@@ -49,6 +52,7 @@ impl RunSettings {
             .task_id
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         Ok(RunSettings {
+            mqtt: args.mqtt.settings(&proplet_id, &[])?,
             spec: task_spec(&task_id, &proplet_id, profile)?,
             backend: args.backend,
             command: args.command,
@@ -113,7 +117,14 @@ async fn supervise(settings: RunSettings) -> Result<ExitCode, RunError> {
         return Ok(exit_code_of(status.context("waiting for the command")?));
     }
     let backend = collect::open(settings.backend)?;
-    let mut engine = Engine::new(backend, Box::new(StdoutSink::default()), 1);
+    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(StdoutSink::default())];
+    let mut flusher = None;
+    if let Some(mqtt) = settings.mqtt {
+        let (sink, flush, _) = export::mqtt::start(mqtt)?;
+        sinks.push(Box::new(sink));
+        flusher = Some(flush);
+    }
+    let mut engine = Engine::new(backend, Box::new(Fanout(sinks)), 1);
     let (slot, mut child) = engine
         .spawn(settings.spec, &mut command)
         .map_err(RunError::Spawn)?;
@@ -148,6 +159,12 @@ async fn supervise(settings: RunSettings) -> Result<ExitCode, RunError> {
         exit_status = child
             .try_wait()
             .context("collecting the command's status")?;
+    }
+    drop(engine); // detaches the programs
+    if let Some(flusher) = flusher
+        && !flusher.flush(FLUSH_DEADLINE).await
+    {
+        tracing::warn!("the MQTT broker did not take every message before exit");
     }
     Ok(match (exit_status, interrupted) {
         (Some(status), _) => exit_code_of(status),

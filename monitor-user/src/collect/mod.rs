@@ -49,14 +49,31 @@ pub trait Backend: Send {
     /// Memory, threads and descriptors summed over `pids`.
     fn sample_processes(&mut self, pids: &[u32]) -> ProcessSample;
 
-    /// Slots whose processes may all have exited since the last call.
-    fn ended_hints(&mut self) -> Vec<u32>;
+    /// Looks for the process that execs with `proplet_<task_id>.wasm` in
+    /// its argv, and makes it the root of the task in `slot` (Propeller's
+    /// host runtime).
+    fn discover(&mut self, slot: u32, task_id: &str) -> anyhow::Result<()>;
+
+    /// Stops looking for a task's process.
+    fn forget_discovery(&mut self, task_id: &str);
+
+    /// What happened since the last call.
+    fn events(&mut self) -> BackendEvents;
 
     /// Forgets a task whose final message was sent.
     fn release(&mut self, slot: u32);
 
     /// New losses (records the kernel could not make), as a log line.
     fn new_losses(&mut self) -> Option<String>;
+}
+
+/// Task-level happenings a backend reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackendEvents {
+    /// Slots whose processes may all have exited.
+    pub maybe_ended: Vec<u32>,
+    /// Slots whose root process was found by `discover`.
+    pub discovered: Vec<u32>,
 }
 
 /// Why a command could not be started.
@@ -97,6 +114,52 @@ pub struct TaskTotals {
     pub processes_started: Option<u64>,
     pub disk: Option<DiskTotals>,
     pub net: Option<NetTotals>,
+}
+
+impl TaskTotals {
+    /// What was counted since `baseline` (cumulative figures only; live
+    /// counts are kept as they are).
+    pub fn since(&self, baseline: &TaskTotals) -> TaskTotals {
+        let disk = match (self.disk, baseline.disk) {
+            (Some(now), Some(then)) => Some(DiskTotals {
+                read_bytes: now.read_bytes.saturating_sub(then.read_bytes),
+                write_bytes: now.write_bytes.saturating_sub(then.write_bytes),
+                breakdown: match (now.breakdown, then.breakdown) {
+                    (Some(n), Some(t)) => Some(DiskBreakdown {
+                        dirtied_bytes: n.dirtied_bytes.saturating_sub(t.dirtied_bytes),
+                        direct_write_bytes: n
+                            .direct_write_bytes
+                            .saturating_sub(t.direct_write_bytes),
+                        submitted_write_bytes: n
+                            .submitted_write_bytes
+                            .saturating_sub(t.submitted_write_bytes),
+                        cancelled_write_bytes: n
+                            .cancelled_write_bytes
+                            .saturating_sub(t.cancelled_write_bytes),
+                    }),
+                    (breakdown, _) => breakdown,
+                },
+            }),
+            (disk, _) => disk,
+        };
+        let net = match (self.net, baseline.net) {
+            (Some(now), Some(then)) => Some(NetTotals {
+                tx: std::array::from_fn(|b| now.tx[b].saturating_sub(then.tx[b])),
+                rx: std::array::from_fn(|b| now.rx[b].saturating_sub(then.rx[b])),
+            }),
+            (net, _) => net,
+        };
+        TaskTotals {
+            cpu_ns: self.cpu_ns.saturating_sub(baseline.cpu_ns),
+            processes_started: match (self.processes_started, baseline.processes_started) {
+                (Some(now), Some(then)) => Some(now.saturating_sub(then)),
+                (now, _) => now,
+            },
+            disk,
+            net,
+            ..*self
+        }
+    }
 }
 
 /// Disk bytes of a task, with `/proc/<pid>/io` semantics.

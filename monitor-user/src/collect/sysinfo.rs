@@ -14,12 +14,15 @@ use anyhow::{Context as _, bail};
 use sysinfo::{Pid, Process, ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
 use tokio::process::{Child, Command};
 
-use super::{Backend, DiskTotals, ProcessSample, SpawnError, TaskTotals};
+use super::{Backend, BackendEvents, DiskTotals, ProcessSample, SpawnError, TaskTotals};
 use crate::{message::Source, profiles::MonitoringProfile};
 
 pub struct SysinfoBackend {
     system: System,
     tasks: HashMap<u32, SysTask>,
+    /// `proplet_<id>.wasm` -> slot, looked for in command lines at refresh.
+    discovering: HashMap<String, u32>,
+    discovered: Vec<u32>,
 }
 
 #[derive(Default)]
@@ -52,6 +55,8 @@ impl SysinfoBackend {
         Ok(SysinfoBackend {
             system,
             tasks: HashMap::new(),
+            discovering: HashMap::new(),
+            discovered: Vec::new(),
         })
     }
 
@@ -89,7 +94,40 @@ fn refresh_kind() -> ProcessRefreshKind {
         .with_memory()
         .with_disk_usage()
         .with_tasks()
+        .with_cmd(UpdateKind::OnlyIfNotSet)
         .with_exe(UpdateKind::Never)
+}
+
+impl SysinfoBackend {
+    /// Finds processes whose command line names a module being looked for.
+    fn match_discoveries(&mut self) {
+        if self.discovering.is_empty() {
+            return;
+        }
+        let mut found = Vec::new();
+        for (pid, process) in self.system.processes() {
+            if process.thread_kind().is_some() {
+                continue;
+            }
+            for arg in process.cmd() {
+                let arg = arg.to_string_lossy();
+                let name = arg.rsplit('/').next().unwrap_or_default();
+                if let Some(&slot) = self.discovering.get(name) {
+                    found.push((name.to_owned(), slot, *pid));
+                }
+            }
+        }
+        for (name, slot, pid) in found {
+            self.discovering.remove(&name);
+            if let (Some(task), Some(process)) =
+                (self.tasks.get_mut(&slot), self.system.process(pid))
+            {
+                task.members
+                    .insert(pid, new_member(process, Counters::default()));
+                self.discovered.push(slot);
+            }
+        }
+    }
 }
 
 fn new_member(process: &Process, baseline: Counters) -> Member {
@@ -223,6 +261,17 @@ impl Backend for SysinfoBackend {
         for task in self.tasks.values_mut() {
             task.update(&self.system);
         }
+        self.match_discoveries();
+    }
+
+    fn discover(&mut self, slot: u32, task_id: &str) -> anyhow::Result<()> {
+        self.discovering
+            .insert(format!("proplet_{task_id}.wasm"), slot);
+        Ok(())
+    }
+
+    fn forget_discovery(&mut self, task_id: &str) {
+        self.discovering.remove(&format!("proplet_{task_id}.wasm"));
     }
 
     fn totals(&mut self, slot: u32) -> anyhow::Result<TaskTotals> {
@@ -272,12 +321,16 @@ impl Backend for SysinfoBackend {
         sample
     }
 
-    fn ended_hints(&mut self) -> Vec<u32> {
-        self.tasks
-            .iter()
-            .filter(|(_, task)| task.members.is_empty())
-            .map(|(slot, _)| *slot)
-            .collect()
+    fn events(&mut self) -> BackendEvents {
+        BackendEvents {
+            maybe_ended: self
+                .tasks
+                .iter()
+                .filter(|(_, task)| task.members.is_empty())
+                .map(|(slot, _)| *slot)
+                .collect(),
+            discovered: std::mem::take(&mut self.discovered),
+        }
     }
 
     fn release(&mut self, slot: u32) {

@@ -1,5 +1,6 @@
-//! Where messages go: stdout as JSON lines (`stdout`), and later brokers.
+//! Where messages go: stdout as JSON lines (`stdout`), an MQTT broker (`mqtt`).
 
+pub mod mqtt;
 pub mod stdout;
 
 use crate::message::{PropletMetricsMessage, TaskMetricsMessage};

@@ -11,6 +11,7 @@ mod cli;
 mod cpu;
 mod disk;
 mod lifecycle;
+mod mqtt;
 mod net;
 
 use std::{

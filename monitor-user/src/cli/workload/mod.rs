@@ -64,6 +64,15 @@ pub fn run(args: WorkloadArgs) -> anyhow::Result<ExitCode> {
             report,
         } => write_report(report.as_deref(), &net::net(peer4, peer6)?)?,
         WorkloadKind::NetPeer { port } => net::peer(port)?,
+        WorkloadKind::Runtime {
+            module: _,
+            burn_ms,
+            bytes,
+            report,
+        } => write_report(
+            report.as_deref(),
+            &net::runtime(Duration::from_millis(burn_ms), bytes)?,
+        )?,
         WorkloadKind::NetHammer {
             threads,
             processes,

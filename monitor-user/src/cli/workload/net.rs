@@ -77,6 +77,31 @@ pub fn net(peer4: Option<SocketAddr>, peer6: Option<SocketAddr>) -> anyhow::Resu
     Ok(total)
 }
 
+/// Ground truth of the `runtime` workload.
+#[derive(Debug, Serialize)]
+pub struct RuntimeTruth {
+    /// getrusage(SELF) + getrusage(CHILDREN), ns.
+    pub cpu_ns: u64,
+    pub net: NetTally,
+}
+
+/// A host runtime stand-in: a child moves `bytes` over TCP loopback and
+/// burns CPU, the root burns too and reaps it.
+pub fn runtime(burn: Duration, bytes: usize) -> anyhow::Result<RuntimeTruth> {
+    super::become_subreaper()?;
+    let child = ChildResult::spawn(move || {
+        let tally = tcp_loopback("127.0.0.1:0", bytes, bytes / 2)?;
+        super::burn(burn);
+        Ok(tally)
+    })?;
+    super::burn(burn);
+    let net = child.wait::<NetTally>()?;
+    reap_all()?;
+    let cpu_ns = super::rusage_cpu_ns(nix::sys::resource::UsageWho::RUSAGE_SELF)?
+        + super::rusage_cpu_ns(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)?;
+    Ok(RuntimeTruth { cpu_ns, net })
+}
+
 /// A TCP exchange on loopback: the client sends `up` bytes and half-closes,
 /// the server (a thread of this process) answers `down` bytes.
 fn tcp_loopback(bind: &str, up: usize, down: usize) -> anyhow::Result<NetTally> {

@@ -60,6 +60,9 @@ impl KernelBtf {
             task_cancelled_write_bytes: self
                 .field_offset("task_struct", "ioac.cancelled_write_bytes")?,
             task_start_boottime: self.field_offset("task_struct", "start_boottime")?,
+            task_mm: self.field_offset("task_struct", "mm")?,
+            mm_arg_start: self.field_offset("mm_struct", "arg_start")?,
+            mm_arg_end: self.field_offset("mm_struct", "arg_end")?,
             ns_per_clock_tick,
             sock_family: self.field_offset("sock", "__sk_common.skc_family")?,
             sock_protocol: self.field_offset("sock", "sk_protocol")?,

@@ -9,7 +9,7 @@ pub mod btf;
 pub mod preflight;
 
 use std::{
-    collections::{BTreeSet, HashMap as StdHashMap},
+    collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
     path::Path,
     time::{Duration, Instant},
 };
@@ -21,12 +21,16 @@ use aya::{
     programs::{BtfTracePoint, FExit},
 };
 use monitor_common::{
-    KernelStats, LAYOUT_GLOBAL, MAX_TASKS, PendingThread, TaskCounters, TaskEvent, collect, maps,
+    DISCOVERY_ID_BYTES, GATE_ADOPT, GATE_DISCOVER, KernelStats, LAYOUT_GLOBAL, MAX_TASKS,
+    PendingThread, TaskCounters, TaskEvent, collect, maps,
 };
 use procfs::process::Process;
 use tokio::process::{Child, Command};
 
-use super::{Backend, DiskBreakdown, DiskTotals, NetTotals, ProcessSample, SpawnError, TaskTotals};
+use super::{
+    Backend, BackendEvents, DiskBreakdown, DiskTotals, NetTotals, ProcessSample, SpawnError,
+    TaskTotals,
+};
 use crate::{message::Source, profiles::MonitoringProfile};
 
 /// The kernel object built from `monitor-ebpf` by build.rs.
@@ -46,6 +50,7 @@ const HOOKS: &[Hook] = &[
     ),
     Hook::required(Kind::Tracepoint, "sock_send_length", "sock_send_length"),
     Hook::required(Kind::Tracepoint, "sock_recv_length", "sock_recv_length"),
+    Hook::required(Kind::Tracepoint, "sched_process_exec", "sched_process_exec"),
     Hook::optional(
         Kind::FExit,
         "tcp_splice_read",
@@ -121,6 +126,9 @@ pub struct EbpfBackend {
     config: Array<MapData, u32>,
     adopt_pending: HashMap<MapData, u32, PendingThread>,
     adopt_gate: Array<MapData, u32>,
+    discover: HashMap<MapData, [u8; DISCOVERY_ID_BYTES], u32>,
+    /// Task ids the kernel is looking for.
+    discovering: BTreeMap<String, u32>,
     events: RingBuf<MapData>,
     /// Slots in use, for a full sweep when events were lost.
     active: BTreeSet<u32>,
@@ -167,6 +175,8 @@ impl EbpfBackend {
             adopt_pending: HashMap::try_from(take_map(&mut ebpf, maps::ADOPT_PENDING)?)?,
             adopt_gate: Array::try_from(take_map(&mut ebpf, maps::ADOPT_GATE)?)?,
             events: RingBuf::try_from(take_map(&mut ebpf, maps::TASK_EVENTS)?)?,
+            discover: HashMap::try_from(take_map(&mut ebpf, maps::DISCOVER)?)?,
+            discovering: BTreeMap::new(),
             _ebpf: ebpf,
             active: BTreeSet::new(),
             awaiting_adoption: BTreeSet::new(),
@@ -216,8 +226,15 @@ impl EbpfBackend {
 
     fn set_adoption_gate(&mut self, open: bool) -> anyhow::Result<()> {
         self.adopt_gate
-            .set(0, u32::from(open), 0)
+            .set(GATE_ADOPT, u32::from(open), 0)
             .context("setting the adoption gate")
+    }
+
+    fn set_discovery_gate(&mut self) -> anyhow::Result<()> {
+        let open = !self.discovering.is_empty();
+        self.adopt_gate
+            .set(GATE_DISCOVER, u32::from(open), 0)
+            .context("setting the discovery gate")
     }
 
     /// Forgets adoption requests the kernel fulfilled or that can no longer
@@ -349,20 +366,62 @@ impl Backend for EbpfBackend {
         super::procfs::sample_processes(pids.iter().copied())
     }
 
-    fn ended_hints(&mut self) -> Vec<u32> {
-        let mut slots = BTreeSet::new();
+    fn discover(&mut self, slot: u32, task_id: &str) -> anyhow::Result<()> {
+        let key = discovery_key(task_id)?;
+        self.discover
+            .insert(key, slot, 0)
+            .context("registering a task id for exec discovery")?;
+        self.discovering.insert(task_id.to_owned(), slot);
+        self.set_discovery_gate()
+    }
+
+    fn forget_discovery(&mut self, task_id: &str) {
+        if self.discovering.remove(task_id).is_none() {
+            return;
+        }
+        if let Ok(key) = discovery_key(task_id) {
+            let _ = self.discover.remove(&key);
+        }
+        if let Err(err) = self.set_discovery_gate() {
+            tracing::warn!("{err:#}");
+        }
+    }
+
+    fn events(&mut self) -> BackendEvents {
+        let mut maybe_ended = BTreeSet::new();
+        let mut discovered = BTreeSet::new();
         while let Some(item) = self.events.next() {
-            if let Some(event) = read_event(&item) {
-                slots.insert(event.slot);
+            match read_event(&item) {
+                Some(TaskEvent {
+                    slot,
+                    kind: TaskEvent::DISCOVERED,
+                }) => {
+                    discovered.insert(slot);
+                }
+                Some(event) => {
+                    maybe_ended.insert(event.slot);
+                }
+                None => {}
+            }
+        }
+        if !discovered.is_empty() {
+            // The kernel removed the ids it matched.
+            self.discovering
+                .retain(|_, slot| !discovered.contains(slot));
+            if let Err(err) = self.set_discovery_gate() {
+                tracing::warn!("{err:#}");
             }
         }
         let drops = self.kernel_stats().map(|s| s.event_drops).unwrap_or(0);
         if drops > self.reported.event_drops {
             // Events were lost: look at every task once.
             self.reported.event_drops = drops;
-            slots.extend(self.active.iter().copied());
+            maybe_ended.extend(self.active.iter().copied());
         }
-        slots.into_iter().collect()
+        BackendEvents {
+            maybe_ended: maybe_ended.into_iter().collect(),
+            discovered: discovered.into_iter().collect(),
+        }
     }
 
     fn release(&mut self, slot: u32) {
@@ -393,6 +452,23 @@ fn collect_flags(profile: &MonitoringProfile) -> u32 {
     .into_iter()
     .filter(|(wanted, _)| *wanted)
     .fold(0, |flags, (_, flag)| flags | flag)
+}
+
+/// A task id as the kernel compares it: NUL-padded bytes.
+fn discovery_key(task_id: &str) -> anyhow::Result<[u8; DISCOVERY_ID_BYTES]> {
+    let bytes = task_id.as_bytes();
+    anyhow::ensure!(
+        !bytes.is_empty() && bytes.len() < DISCOVERY_ID_BYTES,
+        "task id {task_id:?} is too long for exec discovery (at most {} bytes)",
+        DISCOVERY_ID_BYTES - 1
+    );
+    anyhow::ensure!(
+        !bytes.iter().any(|&b| b == b'.' || b == b'/' || b == 0),
+        "task id {task_id:?} cannot appear in a module file name"
+    );
+    let mut key = [0u8; DISCOVERY_ID_BYTES];
+    key[..bytes.len()].copy_from_slice(bytes);
+    Ok(key)
 }
 
 fn read_event(bytes: &[u8]) -> Option<TaskEvent> {

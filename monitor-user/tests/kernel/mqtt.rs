@@ -1,0 +1,691 @@
+//! MQTT export and Propeller mode against a real mosquitto broker on a free
+//! loopback port, watched by a real `mosquitto_sub`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{BufRead as _, BufReader},
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use propmon::message::TaskMetricsMessage;
+use serde::Deserialize;
+
+use crate::{Finished, Live, kernel_test, propmon, propmon_bin, scratch};
+
+const DOMAIN: &str = "dom";
+const CHANNEL: &str = "chan";
+const PROPLET: &str = "proplet-under-test";
+
+fn topic(path: &str) -> String {
+    format!("m/{DOMAIN}/c/{CHANNEL}/{path}")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A mosquitto broker of our own; with a password file when asked; with
+/// persistence, so that a subscriber's session survives a restart.
+struct Broker {
+    port: u16,
+    dir: PathBuf,
+    process: Option<Child>,
+}
+
+impl Broker {
+    fn start(password: Option<(&str, &str)>) -> Self {
+        let port = free_port();
+        let dir = scratch(&format!("mosquitto-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut config = format!(
+            "listener {port} 127.0.0.1\npersistence true\npersistence_location {}/\n",
+            dir.display()
+        );
+        match password {
+            Some((user, secret)) => {
+                let file = dir.join("passwords");
+                let status = Command::new("mosquitto_passwd")
+                    .args(["-c", "-b"])
+                    .arg(&file)
+                    .args([user, secret])
+                    .status()
+                    .expect("mosquitto_passwd (installed by cargo xtask setup)");
+                assert!(status.success());
+                config.push_str(&format!(
+                    "allow_anonymous false\npassword_file {}\n",
+                    file.display()
+                ));
+            }
+            None => config.push_str("allow_anonymous true\n"),
+        }
+        std::fs::write(dir.join("mosquitto.conf"), config).unwrap();
+        let mut broker = Broker {
+            port,
+            dir,
+            process: None,
+        };
+        broker.resume();
+        broker
+    }
+
+    fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the broker (it saves its sessions).
+    fn pause(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            kill(Pid::from_raw(process.id() as i32), Signal::SIGTERM).unwrap();
+            process.wait().unwrap();
+        }
+    }
+
+    fn resume(&mut self) {
+        let process = Command::new("mosquitto")
+            .arg("-c")
+            .arg(self.dir.join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto (installed by cargo xtask setup)");
+        self.process = Some(process);
+        for _ in 0..250 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!("mosquitto did not listen on {}", self.port);
+    }
+
+    fn publish(&self, path: &str, payload: &str) {
+        let status = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q", "1"])
+            .args(["-t", &topic(path), "-s"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write as _;
+                child.stdin.take().unwrap().write_all(payload.as_bytes())?;
+                child.wait()
+            })
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.pause();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A real `mosquitto_sub` on every topic of our channel, with a persistent
+/// QoS 1 session so that it misses nothing across a broker restart.
+struct Subscriber {
+    process: Child,
+    lines: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl Subscriber {
+    fn start(broker: &Broker, credentials: Option<(&str, &str)>) -> Self {
+        let mut command = Command::new("mosquitto_sub");
+        command
+            .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+            .args(["-t", &topic("#"), "-v", "-q", "1", "-c"])
+            .args(["-i", &format!("test-sub-{}", broker.port)])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some((user, secret)) = credentials {
+            command.args(["-u", user, "-P", secret]);
+        }
+        let mut process = command.spawn().expect("mosquitto_sub");
+        let stdout = process.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some((topic, payload)) = line.split_once(' ') {
+                    sink.lock()
+                        .unwrap()
+                        .push((topic.to_owned(), payload.to_owned()));
+                }
+            }
+        });
+        thread::sleep(Duration::from_millis(300)); // subscribed
+        Subscriber { process, lines }
+    }
+
+    /// Task messages received on `path`.
+    fn task_messages(&self, path: &str) -> Vec<TaskMetricsMessage> {
+        let topic = topic(path);
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| *t == topic)
+            .map(|(_, payload)| serde_json::from_str(payload).unwrap())
+            .collect()
+    }
+
+    fn count_on(&self, path: &str) -> usize {
+        let topic = topic(path);
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| *t == topic)
+            .count()
+    }
+
+    /// Waits until `done` holds for the messages received so far.
+    fn wait_for(&self, timeout: Duration, done: impl Fn(&[TaskMetricsMessage]) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if done(&self.task_messages("control/proplet/task_metrics")) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let received: Vec<(String, u64, bool)> = self
+            .task_messages("control/proplet/task_metrics")
+            .into_iter()
+            .map(|m| (m.task_id, m.seq, m.is_final))
+            .collect();
+        panic!("mosquitto_sub did not receive what was expected: {received:?}");
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+fn agent(broker_url: &str, extra: &[&str]) -> Command {
+    let mut command = propmon(&["agent", "--mqtt-url", broker_url]);
+    command
+        .args([
+            "--domain-id",
+            DOMAIN,
+            "--channel-id",
+            CHANNEL,
+            "--proplet-id",
+            PROPLET,
+        ])
+        .args(extra);
+    command
+}
+
+fn stop(live: Live) -> Finished {
+    kill(Pid::from_raw(live.pid() as i32), Signal::SIGTERM).unwrap();
+    let run = live.finish(Duration::from_secs(15));
+    assert!(run.status.success(), "{}", run.stderr);
+    run
+}
+
+#[derive(Debug, Deserialize)]
+struct RuntimeTruth {
+    cpu_ns: u64,
+    net: NetTally,
+}
+
+#[derive(Debug, Deserialize)]
+struct NetTally {
+    tcp_tx: u64,
+    tcp_rx: u64,
+}
+
+/// Start messages (snake_case and camelCase) from the "Manager", a fake
+/// host runtime found by its module path, totals checked against ground
+/// truth as a real `mosquitto_sub` received them; a stop ends a task.
+#[test]
+fn propeller_start_discovery_and_stop_end_to_end() {
+    let Some(_serial) = kernel_test() else { return };
+    let broker = Broker::start(None);
+    let subscriber = Subscriber::start(&broker, None);
+    let live = Live::start(agent(
+        &broker.url(),
+        &["--propeller", "--enable-monitoring", "false"],
+    ));
+    thread::sleep(Duration::from_millis(700)); // connected and subscribed
+
+    broker.publish(
+        "control/manager/start",
+        &format!(
+            r#"{{"id":"e2e-snake","name":"net","file":"AGFzbQ==","daemon":false,"proplet_id":"{PROPLET}","broadcast":false,"monitoring_profile":{{"interval":1000000000}}}}"#
+        ),
+    );
+    broker.publish(
+        "control/manager/start",
+        &format!(
+            r#"{{"id":"e2e-camel","functionName":"sleeper","propletId":"{PROPLET}","monitoringProfile":{{"interval":1}}}}"#
+        ),
+    );
+    thread::sleep(Duration::from_millis(300));
+
+    let report = scratch("runtime.json");
+    let module = std::env::temp_dir().join("proplet_e2e-snake.wasm");
+    let status = Command::new(propmon_bin())
+        .args([
+            "workload",
+            "runtime",
+            "--burn-ms",
+            "300",
+            "--bytes",
+            "400000",
+            "--module",
+        ])
+        .arg(&module)
+        .arg("--report")
+        .arg(&report)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut sleeper = Command::new("sh")
+        .args(["-c", "sleep 30", "/tmp/proplet_e2e-camel.wasm"])
+        .spawn()
+        .unwrap();
+    subscriber.wait_for(Duration::from_secs(10), |messages| {
+        messages
+            .iter()
+            .any(|m| m.task_id == "e2e-snake" && m.is_final)
+            && messages
+                .iter()
+                .any(|m| m.task_id == "e2e-camel" && m.seq >= 2)
+    });
+    broker.publish(
+        "control/manager/stop",
+        &format!(r#"{{"id":"e2e-camel","proplet_id":"{PROPLET}"}}"#),
+    );
+    subscriber.wait_for(Duration::from_secs(10), |messages| {
+        messages
+            .iter()
+            .any(|m| m.task_id == "e2e-camel" && m.is_final)
+    });
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let run = stop(live);
+
+    let truth: RuntimeTruth =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let received = subscriber.task_messages("control/proplet/task_metrics");
+    let last = received
+        .iter()
+        .find(|m| m.task_id == "e2e-snake" && m.is_final)
+        .unwrap();
+    assert_eq!(last.proplet_id, PROPLET);
+    assert_eq!(last.metrics.network_tx_bytes, Some(truth.net.tcp_tx));
+    assert_eq!(last.metrics.network_rx_bytes, Some(truth.net.tcp_rx));
+    let cpu = last.metrics.cpu_time_ns.unwrap();
+    let error = cpu.abs_diff(truth.cpu_ns) as f64 / truth.cpu_ns as f64;
+    assert!(error < 0.02, "cpu {cpu} vs getrusage {}", truth.cpu_ns);
+    let camel_final = received
+        .iter()
+        .find(|m| m.task_id == "e2e-camel" && m.is_final)
+        .unwrap();
+    assert!(
+        camel_final.metrics.process_count >= 1,
+        "stopped while still running"
+    );
+    assert!(
+        run.stderr.contains("e2e-camel stopped by the Manager"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// A task living 5 ms is still reported, with its totals.
+#[test]
+fn a_five_millisecond_task_is_reported() {
+    let Some(_serial) = kernel_test() else { return };
+    let broker = Broker::start(None);
+    let subscriber = Subscriber::start(&broker, None);
+    let live = Live::start(agent(
+        &broker.url(),
+        &["--propeller", "--enable-monitoring", "false"],
+    ));
+    thread::sleep(Duration::from_millis(700));
+    broker.publish(
+        "control/manager/start",
+        &format!(r#"{{"id":"blink","proplet_id":"{PROPLET}"}}"#),
+    );
+    thread::sleep(Duration::from_millis(300));
+    let script = format!(
+        "exec {} workload busy --seconds 0.005",
+        propmon_bin().display()
+    );
+    let status = Command::new("sh")
+        .args(["-c", &script, "/tmp/proplet_blink.wasm"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    subscriber.wait_for(Duration::from_secs(10), |messages| {
+        messages.iter().any(|m| m.task_id == "blink" && m.is_final)
+    });
+    stop(live);
+    let received = subscriber.task_messages("control/proplet/task_metrics");
+    let last = received.iter().find(|m| m.task_id == "blink").unwrap();
+    assert!(last.is_final && last.seq == 1, "{last:?}");
+    let cpu = last.metrics.cpu_time_ns.unwrap();
+    assert!((4_000_000..100_000_000).contains(&cpu), "{cpu} ns");
+    assert_eq!(last.metrics.processes_started, Some(1));
+}
+
+/// The broker goes away for 15 s while three tasks report every second:
+/// every seq from 1 to the last reaches the subscriber, each exactly once
+/// apart from QoS 1 redeliveries (tolerated, and reported).
+#[test]
+fn a_broker_outage_loses_nothing() {
+    let Some(_serial) = kernel_test() else { return };
+    let mut broker = Broker::start(None);
+    let subscriber = Subscriber::start(&broker, None);
+    let mut sleepers: Vec<Child> = (0..3)
+        .map(|_| Command::new("sleep").arg("60").spawn().unwrap())
+        .collect();
+    let mut command = agent(
+        &broker.url(),
+        &["--profile", "intensive", "--metrics-interval", "1s"],
+    );
+    for (index, sleeper) in sleepers.iter().enumerate() {
+        command
+            .arg("--attach")
+            .arg(format!("outage-{index}={}", sleeper.id()));
+    }
+    let live = Live::start(command);
+    thread::sleep(Duration::from_secs(3));
+    broker.pause();
+    thread::sleep(Duration::from_secs(15));
+    broker.resume();
+    thread::sleep(Duration::from_secs(8)); // reconnects within 5 s
+    let run = stop(live);
+    for sleeper in &mut sleepers {
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+    }
+    subscriber.wait_for(Duration::from_secs(15), |messages| {
+        (0..3).all(|i| {
+            messages
+                .iter()
+                .any(|m| m.task_id == format!("outage-{i}") && m.is_final)
+        })
+    });
+
+    let received = subscriber.task_messages("control/proplet/task_metrics");
+    let mut seqs: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for message in &received {
+        seqs.entry(&message.task_id).or_default().push(message.seq);
+    }
+    assert_eq!(seqs.len(), 3);
+    for (task, seen) in &seqs {
+        let last = *seen.iter().max().unwrap();
+        let distinct: BTreeSet<u64> = seen.iter().copied().collect();
+        assert_eq!(distinct, (1..=last).collect(), "{task}: gap in {seen:?}");
+        assert!(last >= 22, "{task}: only {last} messages over ~26 s");
+        let duplicates = seen.len() - distinct.len();
+        eprintln!("{task}: seq 1..={last}, {duplicates} QoS 1 redeliveries");
+    }
+    assert!(run.stderr.contains("reachable again"), "{}", run.stderr);
+    assert!(subscriber.count_on("control/proplet/metrics") >= 15);
+}
+
+/// A queue of 5 messages and a broker down for 4 s: the oldest messages
+/// are dropped, counted in the proplet-level message and logged; the agent
+/// keeps running.
+#[test]
+fn a_full_queue_drops_the_oldest_and_says_so() {
+    let Some(_serial) = kernel_test() else { return };
+    let mut broker = Broker::start(None);
+    let mut sleepers: Vec<Child> = (0..3)
+        .map(|_| Command::new("sleep").arg("30").spawn().unwrap())
+        .collect();
+    let mut command = agent(
+        &broker.url(),
+        &[
+            "--profile",
+            "intensive",
+            "--metrics-interval",
+            "1s",
+            "--mqtt-queue-size",
+            "5",
+        ],
+    );
+    for (index, sleeper) in sleepers.iter().enumerate() {
+        command
+            .arg("--attach")
+            .arg(format!("tiny-{index}={}", sleeper.id()));
+    }
+    let live = Live::start(command);
+    thread::sleep(Duration::from_secs(1));
+    broker.pause();
+    thread::sleep(Duration::from_secs(4));
+    broker.resume();
+    thread::sleep(Duration::from_secs(2));
+    let run = stop(live);
+    for sleeper in &mut sleepers {
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+    }
+    let dropped = run
+        .stdout_lines
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|value| value.get("dropped_messages")?.as_u64())
+        .max()
+        .unwrap_or(0);
+    assert!(dropped > 0, "no drops reported: {}", run.stderr);
+    assert!(run.stderr.contains("MQTT queue full"), "{}", run.stderr);
+    assert!(run.messages.iter().filter(|m| m.is_final).count() == 3);
+}
+
+/// Bad control messages are logged and skipped; a good one after them works.
+#[test]
+fn bad_control_messages_are_skipped() {
+    let Some(_serial) = kernel_test() else { return };
+    let broker = Broker::start(None);
+    let subscriber = Subscriber::start(&broker, None);
+    let live = Live::start(agent(
+        &broker.url(),
+        &["--propeller", "--enable-monitoring", "false"],
+    ));
+    thread::sleep(Duration::from_millis(700));
+    let huge = format!(
+        r#"{{"id":"huge","proplet_id":"{PROPLET}","file":"{}""#,
+        "A".repeat(1 << 20)
+    );
+    let bad = [
+        format!(r#"{{"id":"truncated","proplet_id":"{PROPLET}""#),
+        format!(r#"{{"id":7,"proplet_id":"{PROPLET}"}}"#),
+        format!(r#"{{"id":"types","proplet_id":"{PROPLET}","daemon":"yes"}}"#),
+        huge,
+        format!(r#"{{"id":"turbo","proplet_id":"{PROPLET}","monitoring_profile":"turbo"}}"#),
+        format!(
+            r#"{{"id":"zero","proplet_id":"{PROPLET}","monitoring_profile":{{"interval":0}}}}"#
+        ),
+        r#"{"id":"elsewhere","proplet_id":"another-proplet"}"#.to_owned(),
+    ];
+    for payload in &bad {
+        broker.publish("control/manager/start", payload);
+    }
+    broker.publish(
+        "control/manager/start",
+        &format!(r#"{{"id":"good","proplet_id":"{PROPLET}"}}"#),
+    );
+    thread::sleep(Duration::from_millis(500));
+    let status = Command::new("sh")
+        .args(["-c", "sleep 0.3", "/tmp/proplet_good.wasm"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    subscriber.wait_for(Duration::from_secs(10), |messages| {
+        messages.iter().any(|m| m.task_id == "good" && m.is_final)
+    });
+    let run = stop(live);
+    let warnings: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("ignoring a control message"))
+        .collect();
+    assert_eq!(warnings.len(), 6, "{}", run.stderr);
+    for (fragment, line) in [
+        "EOF",
+        "invalid type",
+        "invalid type",
+        "EOF",
+        "unknown profile",
+        "interval",
+    ]
+    .iter()
+    .zip(&warnings)
+    {
+        assert!(line.contains(fragment), "{fragment}: {line}");
+        assert!(line.len() < 400, "one short line: {line}");
+    }
+    let received = subscriber.task_messages("control/proplet/task_metrics");
+    assert!(received.iter().all(|m| m.task_id == "good"), "{received:?}");
+}
+
+/// Wrong password, then an unreachable broker: clear error lines, retries,
+/// no crash; the metrics go on to stdout, and reach the broker once it
+/// accepts the agent.
+#[test]
+fn wrong_password_and_unreachable_broker_are_survived() {
+    let Some(_serial) = kernel_test() else { return };
+    let broker = Broker::start(Some(("agent", "s3cret")));
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let attach = format!("pw={}", sleeper.id());
+    let wrong = Live::start(agent(
+        &broker.url(),
+        &[
+            "--mqtt-username",
+            "agent",
+            "--mqtt-password",
+            "nope",
+            "--attach",
+            &attach,
+            "--profile",
+            "intensive",
+            "--enable-monitoring",
+            "false",
+        ],
+    ));
+    thread::sleep(Duration::from_secs(3));
+    let run = stop(wrong);
+    assert!(
+        run.stderr.contains("bad user name or password"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.messages.len() >= 2,
+        "stdout keeps working: {}",
+        run.stderr
+    );
+
+    let port = free_port();
+    let unreachable = Live::start(agent(
+        &format!("mqtt://127.0.0.1:{port}"),
+        &[
+            "--attach",
+            &attach,
+            "--profile",
+            "intensive",
+            "--enable-monitoring",
+            "false",
+        ],
+    ));
+    thread::sleep(Duration::from_secs(2));
+    let run = stop(unreachable);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("cannot connect"))
+        .collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "one line, then quiet retries: {}",
+        run.stderr
+    );
+    assert!(run.messages.len() >= 2);
+}
+
+/// In-process runtime: a task whose own process never appears is reported
+/// through the proplet process, flagged `"attribution":"proplet-process"`.
+#[test]
+fn in_process_tasks_are_attributed_to_the_proplet() {
+    let Some(_serial) = kernel_test() else { return };
+    let broker = Broker::start(None);
+    let subscriber = Subscriber::start(&broker, None);
+    let mut proplet = Command::new(propmon_bin())
+        .args(["workload", "busy", "--seconds", "20"])
+        .spawn()
+        .unwrap();
+    let pid = proplet.id().to_string();
+    let live = Live::start(agent(
+        &broker.url(),
+        &[
+            "--propeller",
+            "--enable-monitoring",
+            "false",
+            "--proplet-pid",
+            &pid,
+            "--discovery-grace",
+            "300ms",
+        ],
+    ));
+    thread::sleep(Duration::from_millis(700));
+    broker.publish(
+        "control/manager/start",
+        &format!(r#"{{"id":"inproc","proplet_id":"{PROPLET}","monitoring_profile":"intensive"}}"#),
+    );
+    subscriber.wait_for(Duration::from_secs(10), |messages| {
+        messages.iter().any(|m| m.task_id == "inproc" && m.seq >= 2)
+    });
+    broker.publish(
+        "control/manager/stop",
+        &format!(r#"{{"id":"inproc","proplet_id":"{PROPLET}"}}"#),
+    );
+    subscriber.wait_for(Duration::from_secs(10), |messages| {
+        messages.iter().any(|m| m.task_id == "inproc" && m.is_final)
+    });
+    stop(live);
+    let _ = proplet.kill();
+    let _ = proplet.wait();
+    let received = subscriber.task_messages("control/proplet/task_metrics");
+    assert!(
+        received
+            .iter()
+            .all(|m| m.attribution.as_deref() == Some("proplet-process"))
+    );
+    let second = received.iter().find(|m| m.seq == 2).unwrap();
+    let percent = second.metrics.cpu_percent.unwrap();
+    assert!(
+        (85.0..=115.0).contains(&percent),
+        "the busy proplet: {percent}%"
+    );
+    let last = received.iter().find(|m| m.is_final).unwrap();
+    let cpu = last.metrics.cpu_time_ns.unwrap() as f64 / 1e9;
+    let uptime = last.metrics.uptime_seconds as f64;
+    assert!(
+        cpu <= uptime + 1.5,
+        "counted from the start message only: {cpu} s"
+    );
+}
