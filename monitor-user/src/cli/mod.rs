@@ -239,6 +239,58 @@ pub struct AgentArgs {
     pub config: Option<PathBuf>,
 }
 
+#[derive(Debug, Subcommand, Clone)]
+pub enum BenchLoad {
+    /// Two processes passing a byte back and forth over pipes: a storm of
+    /// context switches.
+    Pingpong {
+        #[arg(long, default_value_t = 100_000)]
+        rounds: u64,
+    },
+    /// One TCP stream over loopback, 64 KiB writes, for SECONDS.
+    TcpStream {
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+    },
+    /// COUNT 64-byte UDP datagrams over loopback.
+    UdpSends {
+        #[arg(long, default_value_t = 200_000)]
+        count: u64,
+    },
+    /// COUNT synchronous 4 KiB writes (O_DIRECT | O_DSYNC) to a file in DIR.
+    SyncWrites {
+        #[arg(long, default_value_t = 2_000)]
+        count: u64,
+        #[arg(long, default_value = "/var/tmp")]
+        dir: std::path::PathBuf,
+    },
+    /// COUNT fork + exec + wait of /bin/true.
+    Spawn {
+        #[arg(long, default_value_t = 500)]
+        count: u64,
+    },
+    /// Forever: sleep PERIOD_MS, spin SPIN_US (an untracked busy process).
+    Tick {
+        #[arg(long, default_value_t = 100)]
+        period_ms: u64,
+        #[arg(long, default_value_t = 200)]
+        spin_us: u64,
+    },
+    /// A storm of COUNT processes, each burning MS milliseconds of CPU and
+    /// writing BYTES to a file, a few alive at a time; reports the ground
+    /// truth of the whole tree (getrusage, /proc/self/io) too.
+    Storm {
+        #[arg(long, default_value_t = 1_000)]
+        count: u64,
+        #[arg(long, default_value_t = 5)]
+        ms: u64,
+        #[arg(long, default_value_t = 16_384)]
+        bytes: usize,
+        #[arg(long, default_value = "/var/tmp")]
+        dir: std::path::PathBuf,
+    },
+}
+
 #[derive(Debug, Args)]
 pub struct ProfilesArgs {
     /// Print the profiles as JSON instead of a table.
@@ -314,6 +366,15 @@ pub enum WorkloadKind {
         #[arg(long, default_value_t = 500_000)]
         bytes: usize,
         #[arg(long)]
+        report: Option<std::path::PathBuf>,
+    },
+    /// Benchmark loads (`cargo xtask bench`); each reports how long its
+    /// core loop took.
+    Bench {
+        #[command(subcommand)]
+        load: BenchLoad,
+        /// Where to write {"seconds", "operations"} as JSON.
+        #[arg(long, global = true)]
         report: Option<std::path::PathBuf>,
     },
     /// The other end for `net`: TCP and UDP echo service on [::]:PORT.

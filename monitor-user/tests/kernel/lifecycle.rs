@@ -66,7 +66,8 @@ fn task_ends_with_its_last_process_not_its_root() {
     assert_eq!(run.status.code(), Some(3), "{}", run.stderr);
     let last = run.final_message();
     let cpu = last.metrics.cpu_time_ns.unwrap();
-    assert!(cpu >= 450_000_000, "daemon's CPU not counted: {cpu} ns");
+    // The daemon burns 0.5 s of wall time: most of it is CPU.
+    assert!(cpu >= 300_000_000, "daemon's CPU not counted: {cpu} ns");
     assert!(last.metrics.processes_started.unwrap() >= 3);
 }
 

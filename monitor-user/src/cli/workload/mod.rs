@@ -7,6 +7,7 @@
 //! exits included. They fork only while single-threaded, so children may do
 //! anything. Ground truth is written as JSON with `--report FILE`.
 
+mod bench;
 mod cpu;
 mod disk;
 mod net;
@@ -64,6 +65,9 @@ pub fn run(args: WorkloadArgs) -> anyhow::Result<ExitCode> {
             report,
         } => write_report(report.as_deref(), &net::net(peer4, peer6)?)?,
         WorkloadKind::NetPeer { port } => net::peer(port)?,
+        WorkloadKind::Bench { load, report } => {
+            write_report(report.as_deref(), &bench::run(load)?)?;
+        }
         WorkloadKind::Runtime {
             module: _,
             burn_ms,
