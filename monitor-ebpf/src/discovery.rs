@@ -34,7 +34,7 @@ use crate::{
 const BPF_RB_NO_WAKEUP: u64 = 1;
 
 #[btf_tracepoint(function = "sched_process_exec")]
-pub fn sched_process_exec(_ctx: BtfTracePointContext) -> u32 {
+pub fn exec_discovery(_ctx: BtfTracePointContext) -> u32 {
     if !discovery_pending() {
         return 0;
     }

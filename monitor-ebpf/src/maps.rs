@@ -13,6 +13,12 @@ use monitor_common::{
     MAX_TRACKED_THREADS, PendingThread, TASK_EVENTS_BYTES, TaskCounters, ThreadState,
 };
 
+/// Hash maps allocate entries as they are inserted (include/uapi/linux/bpf.h):
+/// kernel memory follows the tracked threads, not the maps' capacities.
+/// Allocation from any context, the scheduler's included, is safe since
+/// Linux 6.1 (bpf_mem_alloc).
+const BPF_F_NO_PREALLOC: u32 = 1;
+
 /// Tracked threads, keyed by `task_struct` address rather than TID: the
 /// address is what every scheduler hook receives, it needs no field read on
 /// the hot path, and it cannot be recycled before `sched_process_free`
@@ -20,12 +26,13 @@ use monitor_common::{
 /// the thread is reaped.
 #[map(name = "TRACKED_THREADS")]
 pub static TRACKED_THREADS: HashMap<u64, ThreadState> =
-    HashMap::with_max_entries(MAX_TRACKED_THREADS, 0);
+    HashMap::with_max_entries(MAX_TRACKED_THREADS, BPF_F_NO_PREALLOC);
 
 /// Live tracked processes (tgid -> slot), for userspace to find the
 /// processes of a task in `/proc` without scanning the host.
 #[map(name = "TRACKED_PROCS")]
-pub static TRACKED_PROCS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TRACKED_PROCS, 0);
+pub static TRACKED_PROCS: HashMap<u32, u32> =
+    HashMap::with_max_entries(MAX_TRACKED_PROCS, BPF_F_NO_PREALLOC);
 
 /// Per-task cumulative counters, one copy per CPU.
 #[map(name = "TASK_COUNTERS")]
@@ -33,7 +40,8 @@ pub static TASK_COUNTERS: PerCpuArray<TaskCounters> = PerCpuArray::with_max_entr
 
 /// Threads whose next child starts a task (tid -> slot), one-shot.
 #[map(name = "SPAWN_PENDING")]
-pub static SPAWN_PENDING: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PENDING_SPAWNS, 0);
+pub static SPAWN_PENDING: HashMap<u32, u32> =
+    HashMap::with_max_entries(MAX_PENDING_SPAWNS, BPF_F_NO_PREALLOC);
 
 /// Per-task `collect` flags, set by userspace before the task's first thread
 /// is adopted and copied into each of its threads' state.
@@ -43,7 +51,7 @@ pub static TASK_CONFIG: Array<u32> = Array::with_max_entries(MAX_TASKS, 0);
 /// Running threads to adopt (tid -> task), filled from `/proc` by userspace.
 #[map(name = "ADOPT_PENDING")]
 pub static ADOPT_PENDING: HashMap<u32, PendingThread> =
-    HashMap::with_max_entries(MAX_PENDING_ADOPTIONS, 0);
+    HashMap::with_max_entries(MAX_PENDING_ADOPTIONS, BPF_F_NO_PREALLOC);
 
 /// Gates of `ADOPT_PENDING` and `DISCOVER`: non-zero while they may hold entries.
 #[map(name = "ADOPT_GATE")]
@@ -52,7 +60,7 @@ pub static ADOPT_GATE: Array<u32> = Array::with_max_entries(2, 0);
 /// Task ids to find in argv at exec (NUL-padded id -> slot).
 #[map(name = "DISCOVER")]
 pub static DISCOVER: HashMap<[u8; DISCOVERY_ID_BYTES], u32> =
-    HashMap::with_max_entries(MAX_DISCOVERIES, 0);
+    HashMap::with_max_entries(MAX_DISCOVERIES, BPF_F_NO_PREALLOC);
 
 /// Per-CPU room for an argv being searched (too big for the BPF stack).
 #[map(name = "ARGV_SCRATCH")]

@@ -1,6 +1,7 @@
 //! propmon's workflow commands. Every command first runs `setup`, which
 //! installs what a fresh machine lacks, so that each is one step.
 
+mod bench;
 mod setup;
 
 use std::{
@@ -37,6 +38,9 @@ enum Task {
     /// cargo fmt --check and clippy -D warnings, for the workspace and the
     /// eBPF crate; cargo check of the agent for macOS and Windows.
     Lint,
+    /// Measure overhead, agent footprint and accuracy (as root); prints a
+    /// Markdown report, raw figures in target/bench/.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +70,7 @@ fn run(task: Task) -> anyhow::Result<()> {
         }
         Task::Test => test(),
         Task::Lint => lint(),
+        Task::Bench(args) => bench::bench(args),
     }
 }
 
@@ -78,7 +83,7 @@ fn default_run_args(propmon: &Path) -> Vec<OsString> {
     args
 }
 
-fn build_release() -> anyhow::Result<()> {
+pub(crate) fn build_release() -> anyhow::Result<()> {
     cargo(&["build", "--release", "-p", "monitor-user"])
 }
 
@@ -188,7 +193,7 @@ pub(crate) fn is_root() -> bool {
         .is_ok_and(|out| out.stdout.trim_ascii() == b"0")
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")

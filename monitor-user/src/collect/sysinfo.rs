@@ -23,6 +23,7 @@ pub struct SysinfoBackend {
     /// `proplet_<id>.wasm` -> slot, looked for in command lines at refresh.
     discovering: HashMap<String, u32>,
     discovered: Vec<u32>,
+    refreshed_at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -57,13 +58,18 @@ impl SysinfoBackend {
             tasks: HashMap::new(),
             discovering: HashMap::new(),
             discovered: Vec::new(),
+            refreshed_at: std::time::Instant::now(),
         })
     }
 
     /// Adds `pid` (and, for an attach, its descendants) to a task.
     fn join(&mut self, slot: u32, pid: Pid, counted_from_now: bool) -> anyhow::Result<()> {
-        self.system
-            .refresh_processes_specifics(ProcessesToUpdate::All, true, refresh_kind());
+        // Attaching many tasks at once reads the process table once a second.
+        if self.system.process(pid).is_none()
+            || self.refreshed_at.elapsed() > std::time::Duration::from_secs(1)
+        {
+            self.refresh_table();
+        }
         let Some(process) = self.system.process(pid) else {
             bail!("no process with PID {pid}");
         };
@@ -99,6 +105,12 @@ fn refresh_kind() -> ProcessRefreshKind {
 }
 
 impl SysinfoBackend {
+    fn refresh_table(&mut self) {
+        self.system
+            .refresh_processes_specifics(ProcessesToUpdate::All, true, refresh_kind());
+        self.refreshed_at = std::time::Instant::now();
+    }
+
     /// Finds processes whose command line names a module being looked for.
     fn match_discoveries(&mut self) {
         if self.discovering.is_empty() {
@@ -256,8 +268,7 @@ impl Backend for SysinfoBackend {
     }
 
     fn refresh(&mut self) {
-        self.system
-            .refresh_processes_specifics(ProcessesToUpdate::All, true, refresh_kind());
+        self.refresh_table();
         for task in self.tasks.values_mut() {
             task.update(&self.system);
         }

@@ -69,7 +69,9 @@ fn pingpong(rounds: u64) -> anyhow::Result<Timing> {
         let mut input = std::fs::File::from(to_child_read);
         let mut output = std::fs::File::from(to_parent_write);
         let mut byte = [0u8; 1];
-        while input.read_exact(&mut byte).is_ok() {
+        // The child holds a copy of the parent's write end too, so it stops
+        // on a 0 byte rather than at end of file.
+        while input.read_exact(&mut byte).is_ok() && byte[0] != 0 {
             if output.write_all(&byte).is_err() {
                 break;
             }
@@ -82,7 +84,7 @@ fn pingpong(rounds: u64) -> anyhow::Result<Timing> {
         from_child.read_exact(&mut byte)?;
     }
     let timing = timed(rounds, started);
-    drop(to_child);
+    to_child.write_all(&[0])?;
     reap_all()?;
     Ok(timing)
 }
@@ -189,7 +191,7 @@ fn storm(
             }
             let _ = std::fs::remove_file(&path);
         })?;
-        if index % 4 == 3 {
+        if (index + 1).is_multiple_of(4) {
             reap_all()?; // a few alive at a time
         }
     }

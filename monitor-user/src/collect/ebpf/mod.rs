@@ -50,7 +50,7 @@ const HOOKS: &[Hook] = &[
     ),
     Hook::required(Kind::Tracepoint, "sock_send_length", "sock_send_length"),
     Hook::required(Kind::Tracepoint, "sock_recv_length", "sock_recv_length"),
-    Hook::required(Kind::Tracepoint, "sched_process_exec", "sched_process_exec"),
+    Hook::required(Kind::Tracepoint, "exec_discovery", "sched_process_exec"),
     Hook::optional(
         Kind::FExit,
         "tcp_splice_read",
@@ -136,6 +136,7 @@ pub struct EbpfBackend {
     awaiting_adoption: BTreeSet<u32>,
     last_adoption_sweep: Instant,
     reported: KernelStats,
+    process_tree: ProcessTree,
 }
 
 impl EbpfBackend {
@@ -166,6 +167,8 @@ impl EbpfBackend {
                 }
             }
         }
+        drop(kernel_btf);
+        release_freed_memory();
         Ok(EbpfBackend {
             counters: PerCpuArray::try_from(take_map(&mut ebpf, maps::TASK_COUNTERS)?)?,
             procs: HashMap::try_from(take_map(&mut ebpf, maps::TRACKED_PROCS)?)?,
@@ -182,6 +185,7 @@ impl EbpfBackend {
             awaiting_adoption: BTreeSet::new(),
             last_adoption_sweep: Instant::now(),
             reported: KernelStats::default(),
+            process_tree: ProcessTree::default(),
         })
     }
 
@@ -312,7 +316,7 @@ impl Backend for EbpfBackend {
         // the /proc scan that follows.
         self.queue_threads_of(slot, pid)?;
         self.set_adoption_gate(true)?;
-        for descendant in descendants_of(pid) {
+        for descendant in self.process_tree.descendants_of(pid) {
             // A descendant that exits meanwhile is no error.
             let _ = self.queue_threads_of(slot, descendant);
         }
@@ -478,28 +482,49 @@ fn read_event(bytes: &[u8]) -> Option<TaskEvent> {
     })
 }
 
-/// Every process below `pid` in the process tree, from `/proc`.
-fn descendants_of(pid: u32) -> Vec<u32> {
-    let mut children: StdHashMap<u32, Vec<u32>> = StdHashMap::new();
-    if let Ok(all) = procfs::process::all_processes() {
-        for process in all.flatten() {
-            if let Ok(stat) = process.stat() {
-                children
-                    .entry(stat.ppid as u32)
-                    .or_default()
-                    .push(stat.pid as u32);
+/// The parent -> children map of `/proc`, read at most once a second:
+/// attaching many tasks at once must not read the whole process table for
+/// each. A child forked after the reading is adopted through its parent.
+#[derive(Default)]
+struct ProcessTree {
+    children: StdHashMap<u32, Vec<u32>>,
+    read_at: Option<Instant>,
+}
+
+impl ProcessTree {
+    /// Every process below `pid`.
+    fn descendants_of(&mut self, pid: u32) -> Vec<u32> {
+        if self
+            .read_at
+            .is_none_or(|at| at.elapsed() > Duration::from_secs(1))
+        {
+            self.read();
+        }
+        let mut found = Vec::new();
+        let mut queue = vec![pid];
+        while let Some(parent) = queue.pop() {
+            for &child in self.children.get(&parent).into_iter().flatten() {
+                found.push(child);
+                queue.push(child);
             }
         }
+        found
     }
-    let mut found = Vec::new();
-    let mut queue = vec![pid];
-    while let Some(parent) = queue.pop() {
-        for &child in children.get(&parent).into_iter().flatten() {
-            found.push(child);
-            queue.push(child);
+
+    fn read(&mut self) {
+        self.children.clear();
+        if let Ok(all) = procfs::process::all_processes() {
+            for process in all.flatten() {
+                if let Ok(stat) = process.stat() {
+                    self.children
+                        .entry(stat.ppid as u32)
+                        .or_default()
+                        .push(stat.pid as u32);
+                }
+            }
         }
+        self.read_at = Some(Instant::now());
     }
-    found
 }
 
 fn attach(ebpf: &mut Ebpf, hook: &Hook, btf: &Btf) -> anyhow::Result<()> {
@@ -532,6 +557,17 @@ fn attach(ebpf: &mut Ebpf, hook: &Hook, btf: &Btf) -> anyhow::Result<()> {
 fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
     ebpf.take_map(name)
         .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+}
+
+/// Parsing the kernel's BTF twice (offsets, then program loading) takes
+/// tens of MB for a moment; hand it back to the system rather than keep it
+/// in the allocator for the agent's whole life.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones to the

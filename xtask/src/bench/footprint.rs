@@ -1,0 +1,169 @@
+//! The agent's own cost: CPU (percent of one core) and peak RSS at a 1 s
+//! interval with 1, 100 and 1,000 tracked idle tasks, and with 100 tracked
+//! tasks beside 1,000 untracked busy processes; both backends.
+
+use std::{
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use super::{
+    Backend,
+    run::{Context, kill_all, map_memory_bytes, start_many},
+};
+
+#[derive(Debug, Serialize)]
+pub struct FootprintResult {
+    pub backend: Backend,
+    pub tracked_tasks: usize,
+    pub untracked_busy_processes: usize,
+    /// Agent CPU over the measured window, percent of one core.
+    pub cpu_percent: f64,
+    /// Resident memory of the agent at the end of the window (VmRSS), bytes.
+    pub rss_bytes: u64,
+    /// Peak resident memory of the agent (VmHWM, start-up included), bytes.
+    pub peak_rss_bytes: u64,
+}
+
+/// Returns the results and the kernel memory of our maps.
+pub fn run(
+    context: &Context,
+    seconds: u64,
+    quick: bool,
+) -> anyhow::Result<(Vec<FootprintResult>, Option<u64>)> {
+    let many = if quick { 200 } else { 1000 };
+    let configurations = [(1, 0), (100, 0), (many, 0), (100, many)];
+    let mut results = Vec::new();
+    let mut map_memory = None;
+    for backend in Backend::BOTH {
+        for (tracked, busy) in configurations {
+            eprintln!(
+                "bench:   {} backend, {tracked} tasks, {busy} busy untracked",
+                backend.name()
+            );
+            let (result, memory) = measure(context, backend, tracked, busy, seconds)?;
+            if backend == Backend::Ebpf {
+                map_memory = map_memory.or(memory);
+            }
+            results.push(result);
+        }
+    }
+    Ok((results, map_memory))
+}
+
+fn measure(
+    context: &Context,
+    backend: Backend,
+    tracked: usize,
+    busy: usize,
+    seconds: u64,
+) -> anyhow::Result<(FootprintResult, Option<u64>)> {
+    let mut sleepers = start_many(tracked, || {
+        let mut sleep = Command::new("sleep");
+        sleep.arg("3600");
+        sleep
+    })?;
+    // Busy but light: each wakes every 100 ms and spins 200 us, so that
+    // 1,000 of them keep 10,000 wake-ups a second and 20% of a core going.
+    let mut busy_processes = start_many(busy, || {
+        let mut ticker = Command::new(&context.propmon);
+        ticker.args([
+            "workload",
+            "bench",
+            "tick",
+            "--period-ms",
+            "100",
+            "--spin-us",
+            "200",
+        ]);
+        ticker
+    })?;
+    let mut agent = Command::new(&context.propmon);
+    agent
+        .args([
+            "agent",
+            "--backend",
+            backend.name(),
+            "--profile",
+            "intensive",
+        ])
+        .args(["--enable-monitoring", "false"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (index, sleeper) in sleepers.iter().enumerate() {
+        agent
+            .arg("--attach")
+            .arg(format!("t{index}={}", sleeper.id()));
+    }
+    let mut agent = agent.spawn().context("starting the agent")?;
+    let pid = agent.id();
+    thread::sleep(Duration::from_secs(3)); // attached and warmed up
+    let memory = map_memory_bytes();
+    let before = cpu_ns(pid)?;
+    let started = Instant::now();
+    thread::sleep(Duration::from_secs(seconds));
+    let used = cpu_ns(pid)? - before;
+    let elapsed = started.elapsed().as_secs_f64();
+    let rss_bytes = memory_field(pid, "VmRSS:")?;
+    let peak_rss_bytes = memory_field(pid, "VmHWM:")?;
+    let _ = terminate(pid);
+    let _ = agent.wait();
+    kill_all(&mut sleepers);
+    kill_all(&mut busy_processes);
+    Ok((
+        FootprintResult {
+            backend,
+            tracked_tasks: sleepers.len(),
+            untracked_busy_processes: busy_processes.len(),
+            cpu_percent: used as f64 / 1e9 / elapsed * 100.0,
+            rss_bytes,
+            peak_rss_bytes,
+        },
+        memory,
+    ))
+}
+
+fn terminate(pid: u32) -> std::io::Result<()> {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    if !status.success() {
+        return Err(std::io::Error::other("kill failed"));
+    }
+    Ok(())
+}
+
+/// On-CPU ns of a process, from its CPU-time clock (clock_getcpuclockid):
+/// exact, unlike the 10 ms ticks of `/proc/<pid>/stat`.
+fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: plain libc calls with valid out-pointers.
+    unsafe {
+        if libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) != 0 {
+            anyhow::bail!("the agent (PID {pid}) is gone");
+        }
+        let mut now = std::mem::zeroed::<libc::timespec>();
+        if libc::clock_gettime(clock, &mut now) != 0 {
+            anyhow::bail!(
+                "reading the agent's CPU clock: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64)
+    }
+}
+
+/// A memory figure of `/proc/<pid>/status`, in bytes.
+fn memory_field(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    Ok(kib * 1024)
+}
