@@ -207,12 +207,9 @@ fn read_programs() -> Vec<(String, ProgramStats)> {
     let programs: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap_or_default();
     let mut found = Vec::new();
     for program in &programs {
-        let Some(name) = program["name"].as_str() else {
+        let Some(name) = program["name"].as_str().and_then(our_program) else {
             continue;
         };
-        if !PROGRAMS.contains(&name) {
-            continue;
-        }
         found.push((
             name.to_owned(),
             ProgramStats {
