@@ -15,6 +15,8 @@ pub struct AccuracyResult {
     pub cpu_error_percent: Option<f64>,
     pub disk_read_error_percent: Option<f64>,
     pub disk_write_error_percent: Option<f64>,
+    /// Largest absolute difference of the read and write figures, bytes.
+    pub disk_difference_bytes: Option<u64>,
     pub network_error_percent: Option<f64>,
     /// Of a storm of short-lived processes: measured / truth, percent.
     pub storm_cpu_captured_percent: Option<f64>,

@@ -25,6 +25,8 @@ pub struct FootprintResult {
     pub cpu_percent: f64,
     /// Resident memory of the agent at the end of the window (VmRSS), bytes.
     pub rss_bytes: u64,
+    /// Of which its own, anonymous memory (RssAnon), bytes.
+    pub anon_rss_bytes: u64,
     /// Peak resident memory of the agent (VmHWM, start-up included), bytes.
     pub peak_rss_bytes: u64,
 }
@@ -109,6 +111,7 @@ fn measure(
     let used = cpu_ns(pid)? - before;
     let elapsed = started.elapsed().as_secs_f64();
     let rss_bytes = memory_field(pid, "VmRSS:")?;
+    let anon_rss_bytes = memory_field(pid, "RssAnon:")?;
     let peak_rss_bytes = memory_field(pid, "VmHWM:")?;
     let _ = terminate(pid);
     let _ = agent.wait();
@@ -121,6 +124,7 @@ fn measure(
             untracked_busy_processes: busy_processes.len(),
             cpu_percent: used as f64 / 1e9 / elapsed * 100.0,
             rss_bytes,
+            anon_rss_bytes,
             peak_rss_bytes,
         },
         memory,
