@@ -27,19 +27,9 @@ use monitor_common::{KernelLayout, TaskCounters, ThreadState, collect};
 
 use crate::{
     layout::{layout, read},
-    lifecycle::current_thread,
-    maps::{add, task_counters},
+    lifecycle::current_counters,
+    maps::add,
 };
-
-/// The counters of the current thread's task, if it collects disk I/O.
-#[inline(always)]
-fn current_disk_counters() -> Option<&'static mut TaskCounters> {
-    let thread = current_thread()?;
-    if thread.flags & collect::DISK == 0 {
-        return None;
-    }
-    task_counters(thread.slot)
-}
 
 /// Width of the operation field of `bi_opf` (REQ_OP_BITS, a #define in
 /// include/linux/blk_types.h, so not in BTF).
@@ -50,7 +40,7 @@ const REQ_OP_WRITE: u32 = 1;
 
 #[btf_tracepoint(function = "block_bio_queue")]
 pub fn block_bio_queue(ctx: BtfTracePointContext) -> u32 {
-    let Some(counters) = current_disk_counters() else {
+    let Some(counters) = current_counters(collect::DISK) else {
         return 0;
     };
     let layout = layout();
@@ -99,7 +89,7 @@ fn is_direct_io_write(opf: u32, layout: &KernelLayout) -> bool {
 
 #[btf_tracepoint(function = "writeback_dirty_folio")]
 pub fn writeback_dirty_folio(ctx: BtfTracePointContext) -> u32 {
-    if let Some(counters) = current_disk_counters() {
+    if let Some(counters) = current_counters(collect::DISK) {
         add(
             &mut counters.disk_dirtied_bytes,
             folio_bytes(ctx.arg::<u64>(0)),

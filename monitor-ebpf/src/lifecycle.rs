@@ -59,6 +59,17 @@ pub fn thread_of(task: u64) -> Option<&'static mut ThreadState> {
     adopt_pending(task)
 }
 
+/// The counters of the current thread's task, if that task collects what
+/// `flag` (a `monitor_common::collect` flag) stands for.
+#[inline(always)]
+pub fn current_counters(flag: u32) -> Option<&'static mut monitor_common::TaskCounters> {
+    let thread = current_thread()?;
+    if thread.flags & flag == 0 {
+        return None;
+    }
+    task_counters(thread.slot)
+}
+
 /// `thread_of` the thread this program runs in.
 #[inline(always)]
 pub fn current_thread() -> Option<&'static mut ThreadState> {

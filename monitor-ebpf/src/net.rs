@@ -20,19 +20,9 @@ use monitor_common::{NetBucket, TaskCounters, collect};
 
 use crate::{
     layout::{layout, read},
-    lifecycle::current_thread,
-    maps::{add, task_counters},
+    lifecycle::current_counters,
+    maps::add,
 };
-
-/// The counters of the current thread's task, if it collects network I/O.
-#[inline(always)]
-fn current_net_counters() -> Option<&'static mut TaskCounters> {
-    let thread = current_thread()?;
-    if thread.flags & collect::NETWORK == 0 {
-        return None;
-    }
-    task_counters(thread.slot)
-}
 
 /// Address families and protocols (include/linux/socket.h, uapi/linux/in.h).
 const AF_UNIX: u16 = 1;
@@ -83,7 +73,7 @@ fn count(ctx: &BtfTracePointContext, direction: Direction) {
     if ret <= 0 {
         return;
     }
-    let Some(counters) = current_net_counters() else {
+    let Some(counters) = current_counters(collect::NETWORK) else {
         return;
     };
     if let Some(bucket) = bucket_of(ctx.arg::<u64>(0)) {
@@ -99,7 +89,7 @@ fn count_splice(ctx: &FExitContext, bucket: NetBucket) {
     if ret <= 0 {
         return;
     }
-    if let Some(counters) = current_net_counters() {
+    if let Some(counters) = current_counters(collect::NETWORK) {
         add_bytes(counters, bucket, Direction::Received, ret as u64);
     }
 }

@@ -232,6 +232,16 @@ fn agent(broker_url: &str, extra: &[&str]) -> Command {
     command
 }
 
+/// An agent in Propeller mode, connected and subscribed.
+fn propeller_agent(broker: &Broker) -> Live {
+    let live = Live::start(agent(
+        &broker.url(),
+        &["--propeller", "--enable-monitoring", "false"],
+    ));
+    thread::sleep(Duration::from_millis(700));
+    live
+}
+
 fn stop(live: Live) -> Finished {
     kill(Pid::from_raw(live.pid() as i32), Signal::SIGTERM).unwrap();
     let run = live.finish(Duration::from_secs(15));
@@ -259,11 +269,7 @@ fn propeller_start_discovery_and_stop_end_to_end() {
     let Some(_serial) = kernel_test() else { return };
     let broker = Broker::start(None);
     let subscriber = Subscriber::start(&broker, None);
-    let live = Live::start(agent(
-        &broker.url(),
-        &["--propeller", "--enable-monitoring", "false"],
-    ));
-    thread::sleep(Duration::from_millis(700)); // connected and subscribed
+    let live = propeller_agent(&broker); // connected and subscribed
 
     broker.publish(
         "control/manager/start",
@@ -356,11 +362,7 @@ fn a_five_millisecond_task_is_reported() {
     let Some(_serial) = kernel_test() else { return };
     let broker = Broker::start(None);
     let subscriber = Subscriber::start(&broker, None);
-    let live = Live::start(agent(
-        &broker.url(),
-        &["--propeller", "--enable-monitoring", "false"],
-    ));
-    thread::sleep(Duration::from_millis(700));
+    let live = propeller_agent(&broker);
     broker.publish(
         "control/manager/start",
         &format!(r#"{{"id":"blink","proplet_id":"{PROPLET}"}}"#),
@@ -499,11 +501,7 @@ fn bad_control_messages_are_skipped() {
     let Some(_serial) = kernel_test() else { return };
     let broker = Broker::start(None);
     let subscriber = Subscriber::start(&broker, None);
-    let live = Live::start(agent(
-        &broker.url(),
-        &["--propeller", "--enable-monitoring", "false"],
-    ));
-    thread::sleep(Duration::from_millis(700));
+    let live = propeller_agent(&broker);
     let huge = format!(
         r#"{{"id":"huge","proplet_id":"{PROPLET}","file":"{}""#,
         "A".repeat(1 << 20)

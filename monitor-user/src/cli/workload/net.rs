@@ -237,16 +237,7 @@ fn sendfile_loopback(size: usize) -> anyhow::Result<NetTally> {
     std::fs::write(&path, vec![b'f'; size])?;
     let file = std::fs::File::open(&path)?;
     std::fs::remove_file(&path)?;
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    let server = thread::spawn(move || -> anyhow::Result<NetTally> {
-        let (mut stream, _) = listener.accept()?;
-        Ok(NetTally {
-            tcp_rx: read_to_end(&mut stream)?,
-            ..NetTally::default()
-        })
-    });
-    let client = TcpStream::connect(addr)?;
+    let (client, server) = loopback_sink()?;
     let mut sent = 0u64;
     while sent < size as u64 {
         // SAFETY: valid descriptors; NULL offset uses the file position.
@@ -271,16 +262,7 @@ fn sendfile_loopback(size: usize) -> anyhow::Result<NetTally> {
 
 /// Bytes moved from a pipe into a TCP socket with splice(2).
 fn splice_into_socket(size: usize) -> anyhow::Result<NetTally> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    let server = thread::spawn(move || -> anyhow::Result<NetTally> {
-        let (mut stream, _) = listener.accept()?;
-        Ok(NetTally {
-            tcp_rx: read_to_end(&mut stream)?,
-            ..NetTally::default()
-        })
-    });
-    let client = TcpStream::connect(addr)?;
+    let (client, server) = loopback_sink()?;
     let (pipe_out, pipe_in) = nix::unistd::pipe()?;
     let mut pipe_in = std::fs::File::from(pipe_in);
     let mut spliced = 0u64;
@@ -311,6 +293,21 @@ fn splice_into_socket(size: usize) -> anyhow::Result<NetTally> {
     let mut tally = join(server)?;
     tally.tcp_tx += spliced;
     Ok(tally)
+}
+
+/// A TCP connection to a reader thread of this process, which tallies what
+/// it receives until the client closes.
+fn loopback_sink() -> anyhow::Result<(TcpStream, thread::JoinHandle<anyhow::Result<NetTally>>)> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let server = thread::spawn(move || -> anyhow::Result<NetTally> {
+        let (mut stream, _) = listener.accept()?;
+        Ok(NetTally {
+            tcp_rx: read_to_end(&mut stream)?,
+            ..NetTally::default()
+        })
+    });
+    Ok((TcpStream::connect(addr)?, server))
 }
 
 /// A refused TCP connection, a send on it, and a UDP receive that fails
