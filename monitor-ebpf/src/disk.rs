@@ -26,7 +26,7 @@ use aya_ebpf::{
 use monitor_common::{KernelLayout, TaskCounters, ThreadState, collect};
 
 use crate::{
-    layout::{layout, read},
+    layout::{field, layout, read},
     lifecycle::current_counters,
     maps::add,
 };
@@ -48,13 +48,8 @@ pub fn block_bio_queue(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     let bio: u64 = ctx.arg::<u64>(0);
-    let (Some(opf), Some(size)) = (
-        read::<u32>(bio, layout.bio_opf),
-        read::<u32>(bio, layout.bio_size),
-    ) else {
-        return 0;
-    };
-    let size = u64::from(size);
+    let opf = field::<u32>(bio, layout.bio_opf);
+    let size = u64::from(field::<u32>(bio, layout.bio_size));
     match opf & REQ_OP_MASK {
         REQ_OP_READ => add(&mut counters.disk_read_bytes, size),
         REQ_OP_WRITE => {
@@ -98,12 +93,11 @@ pub fn writeback_dirty_folio(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// Charges what the thread cancelled since the last call.
+/// Charges what the thread cancelled since the last call; `task` is a
+/// tracepoint's typed `struct task_struct *`.
 #[inline(always)]
 pub fn charge_cancelled_writes(task: u64, thread: &mut ThreadState, counters: &mut TaskCounters) {
-    let Some(cancelled) = read::<u64>(task, layout().task_cancelled_write_bytes) else {
-        return;
-    };
+    let cancelled = field::<u64>(task, layout().task_cancelled_write_bytes);
     if cancelled > thread.cancelled_write_bytes_seen {
         add(
             &mut counters.disk_cancelled_write_bytes,
@@ -113,16 +107,15 @@ pub fn charge_cancelled_writes(task: u64, thread: &mut ThreadState, counters: &m
     }
 }
 
-/// `folio_size()`: one page, or `_nr_pages` pages for a large folio
-/// (`PG_head` set).
+/// `folio_size()` of a tracepoint's typed `struct folio *`: one page, or
+/// `_nr_pages` pages for a large folio (`PG_head` set).
 #[inline(always)]
 fn folio_bytes(folio: u64) -> u64 {
     let layout = layout();
     let page = u64::from(layout.page_size);
-    let flags = read::<u64>(folio, layout.folio_flags).unwrap_or(0);
+    let flags = field::<u64>(folio, layout.folio_flags);
     if flags & (1 << layout.pg_head_bit) == 0 {
         return page;
     }
-    let pages = read::<u32>(folio, layout.folio_nr_pages).unwrap_or(1);
-    page * u64::from(pages)
+    page * u64::from(field::<u32>(folio, layout.folio_nr_pages))
 }

@@ -33,6 +33,17 @@ pub fn layout() -> KernelLayout {
     LAYOUT.load()
 }
 
+/// Reads a field of a struct that a BTF tracepoint passed as an argument
+/// (a pointer the verifier knows the type of): a plain load, which the
+/// kernel makes safe, instead of a helper call. `offset` must come from
+/// `LAYOUT`, which the verifier knows as a constant (read-only, frozen map),
+/// and land on a field of that type, or the program does not load.
+#[inline(always)]
+pub fn field<T: Copy>(typed_arg: u64, offset: u32) -> T {
+    // SAFETY: the verifier checks the access against the argument's BTF type.
+    unsafe { core::ptr::read_volatile((typed_arg + u64::from(offset)) as *const T) }
+}
+
 /// Reads a `T` at `base + offset` in kernel memory.
 #[inline(always)]
 pub fn read<T>(base: u64, offset: u32) -> Option<T> {

@@ -19,7 +19,7 @@ use aya_ebpf::{
 use monitor_common::{NetBucket, TaskCounters, collect};
 
 use crate::{
-    layout::{layout, read},
+    layout::{field, layout},
     lifecycle::current_counters,
     maps::add,
 };
@@ -106,15 +106,14 @@ fn add_bytes(counters: &mut TaskCounters, bucket: NetBucket, direction: Directio
     }
 }
 
-/// The bucket of a socket; `None` for families we do not report (netlink,
-/// packet, vsock...).
+/// The bucket of a socket (the tracepoint's typed `struct sock *`); `None`
+/// for families we do not report (netlink, packet, vsock...).
 #[inline(always)]
 fn bucket_of(sock: u64) -> Option<NetBucket> {
     let layout = layout();
-    let family = read::<u16>(sock, layout.sock_family)?;
-    match family {
+    match field::<u16>(sock, layout.sock_family) {
         AF_UNIX => Some(NetBucket::Unix),
-        AF_INET | AF_INET6 => Some(match read::<u16>(sock, layout.sock_protocol)? {
+        AF_INET | AF_INET6 => Some(match field::<u16>(sock, layout.sock_protocol) {
             IPPROTO_TCP => NetBucket::Tcp,
             IPPROTO_UDP | IPPROTO_UDPLITE => NetBucket::Udp,
             _ => NetBucket::Other,
