@@ -10,7 +10,7 @@ use crate::{is_root, status, which};
 
 /// Debian packages: LLVM 22 for bpf-linker (rustc's LLVM is 22), tools the
 /// tests and benchmarks use (bpftool, a real MQTT broker, iproute2 for
-/// network namespaces).
+/// network namespaces, openssl for the TLS test's certificates).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -18,6 +18,7 @@ const APT_PACKAGES: &[&str] = &[
     "mosquitto",
     "mosquitto-clients",
     "iproute2",
+    "openssl",
 ];
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 

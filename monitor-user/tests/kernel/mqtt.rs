@@ -47,6 +47,16 @@ struct Broker {
 
 impl Broker {
     fn start(password: Option<(&str, &str)>) -> Self {
+        Self::start_with(password, false)
+    }
+
+    /// A broker on TLS only, with a certificate for `localhost` signed by a
+    /// CA of our own (`ca.crt` in its directory).
+    fn start_tls() -> Self {
+        Self::start_with(None, true)
+    }
+
+    fn start_with(password: Option<(&str, &str)>, tls: bool) -> Self {
         let port = free_port();
         let dir = scratch(&format!("mosquitto-{port}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -54,6 +64,16 @@ impl Broker {
             "listener {port} 127.0.0.1\npersistence true\npersistence_location {}/\n",
             dir.display()
         );
+        if tls {
+            make_certificates(&dir);
+            for (key, file) in [
+                ("cafile", "ca.crt"),
+                ("certfile", "server.crt"),
+                ("keyfile", "server.key"),
+            ] {
+                config.push_str(&format!("{key} {}\n", dir.join(file).display()));
+            }
+        }
         match password {
             Some((user, secret)) => {
                 let file = dir.join("passwords");
@@ -85,6 +105,10 @@ impl Broker {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
 
+    fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
     /// Stops the broker (it saves its sessions).
     fn pause(&mut self) {
         if let Some(mut process) = self.process.take() {
@@ -103,7 +127,7 @@ impl Broker {
             .expect("mosquitto (installed by cargo xtask setup)");
         self.process = Some(process);
         for _ in 0..250 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if std::net::TcpStream::connect(("localhost", self.port)).is_ok() {
                 return;
             }
             thread::sleep(Duration::from_millis(20));
@@ -134,6 +158,76 @@ impl Drop for Broker {
     }
 }
 
+/// A CA and a `localhost` server certificate, readable by mosquitto's user.
+fn make_certificates(dir: &std::path::Path) {
+    let openssl = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl (installed by cargo xtask setup)");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=propmon test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("san.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.cnf",
+    ]);
+    for file in ["ca.crt", "server.crt", "server.key"] {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir.join(file), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
 /// A real `mosquitto_sub` on every topic of our channel, with a persistent
 /// QoS 1 session so that it misses nothing across a broker restart.
 struct Subscriber {
@@ -143,15 +237,26 @@ struct Subscriber {
 
 impl Subscriber {
     fn start(broker: &Broker, credentials: Option<(&str, &str)>) -> Self {
+        Self::start_with(broker, credentials, None)
+    }
+
+    fn start_with(
+        broker: &Broker,
+        credentials: Option<(&str, &str)>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Self {
         let mut command = Command::new("mosquitto_sub");
         command
-            .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+            .args(["-h", "localhost", "-p", &broker.port.to_string()])
             .args(["-t", &topic("#"), "-v", "-q", "1", "-c"])
             .args(["-i", &format!("test-sub-{}", broker.port)])
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         if let Some((user, secret)) = credentials {
             command.args(["-u", user, "-P", secret]);
+        }
+        if let Some(ca_file) = ca_file {
+            command.arg("--cafile").arg(ca_file);
         }
         let mut process = command.spawn().expect("mosquitto_sub");
         let stdout = process.stdout.take().unwrap();
@@ -686,4 +791,33 @@ fn in_process_tasks_are_attributed_to_the_proplet() {
         cpu <= uptime + 1.5,
         "counted from the start message only: {cpu} s"
     );
+}
+
+/// mqtts:// with the broker's CA: the messages arrive over TLS; without the
+/// CA file, one clear line says what to pass.
+#[test]
+fn mqtts_with_a_ca_file_delivers() {
+    let Some(_serial) = kernel_test() else { return };
+    let broker = Broker::start_tls();
+    let subscriber = Subscriber::start_with(&broker, None, Some(&broker.ca_file()));
+    let url = format!("mqtts://localhost:{}", broker.port);
+    let ca_file = broker.ca_file().display().to_string();
+    let live = Live::start(agent(
+        &url,
+        &["--mqtt-ca-file", &ca_file, "--metrics-interval", "1s"],
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while subscriber.count_on("control/proplet/metrics") < 2 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    let run = stop(live);
+    assert!(
+        subscriber.count_on("control/proplet/metrics") >= 2,
+        "nothing over TLS: {}",
+        run.stderr
+    );
+    let output = agent(&url, &[]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("--mqtt-ca-file"), "{stderr}");
 }
