@@ -206,6 +206,47 @@ pub fn parse_lines(stdout: &str) -> Vec<TaskMetricsMessage> {
         .collect()
 }
 
+/// Idle processes for an agent to attach to; killed on drop.
+pub struct Sleepers(Vec<Child>);
+
+impl Sleepers {
+    pub fn start(count: usize, seconds: u32) -> Self {
+        Sleepers(
+            (0..count)
+                .map(|_| {
+                    Command::new("sleep")
+                        .arg(seconds.to_string())
+                        .spawn()
+                        .expect("sleep")
+                })
+                .collect(),
+        )
+    }
+
+    /// `--attach {prefix}-{index}=PID` for each of them.
+    pub fn attach_args(&self, prefix: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .enumerate()
+            .flat_map(|(index, child)| {
+                [
+                    "--attach".to_owned(),
+                    format!("{prefix}-{index}={}", child.id()),
+                ]
+            })
+            .collect()
+    }
+}
+
+impl Drop for Sleepers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// A scratch file path unique to this test process.
 pub fn scratch(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("propmon-test-{}-{name}", std::process::id()))

@@ -19,7 +19,7 @@ use nix::{
 use propmon::message::TaskMetricsMessage;
 use serde::Deserialize;
 
-use crate::{Finished, Live, kernel_test, propmon, propmon_bin, scratch};
+use crate::{Finished, Live, Sleepers, kernel_test, propmon, propmon_bin, scratch};
 
 const DOMAIN: &str = "dom";
 const CHANNEL: &str = "chan";
@@ -502,18 +502,12 @@ fn a_broker_outage_loses_nothing() {
     let Some(_serial) = kernel_test() else { return };
     let mut broker = Broker::start(None);
     let subscriber = Subscriber::start(&broker, None);
-    let mut sleepers: Vec<Child> = (0..3)
-        .map(|_| Command::new("sleep").arg("60").spawn().unwrap())
-        .collect();
+    let sleepers = Sleepers::start(3, 60);
     let mut command = agent(
         &broker.url(),
         &["--profile", "intensive", "--metrics-interval", "1s"],
     );
-    for (index, sleeper) in sleepers.iter().enumerate() {
-        command
-            .arg("--attach")
-            .arg(format!("outage-{index}={}", sleeper.id()));
-    }
+    command.args(sleepers.attach_args("outage"));
     let live = Live::start(command);
     thread::sleep(Duration::from_secs(3));
     broker.pause();
@@ -521,10 +515,7 @@ fn a_broker_outage_loses_nothing() {
     broker.resume();
     thread::sleep(Duration::from_secs(8)); // reconnects within 5 s
     let run = stop(live);
-    for sleeper in &mut sleepers {
-        let _ = sleeper.kill();
-        let _ = sleeper.wait();
-    }
+    drop(sleepers);
     subscriber.wait_for(Duration::from_secs(15), |messages| {
         (0..3).all(|i| {
             messages
@@ -558,9 +549,7 @@ fn a_broker_outage_loses_nothing() {
 fn a_full_queue_drops_the_oldest_and_says_so() {
     let Some(_serial) = kernel_test() else { return };
     let mut broker = Broker::start(None);
-    let mut sleepers: Vec<Child> = (0..3)
-        .map(|_| Command::new("sleep").arg("30").spawn().unwrap())
-        .collect();
+    let sleepers = Sleepers::start(3, 30);
     let mut command = agent(
         &broker.url(),
         &[
@@ -572,11 +561,7 @@ fn a_full_queue_drops_the_oldest_and_says_so() {
             "5",
         ],
     );
-    for (index, sleeper) in sleepers.iter().enumerate() {
-        command
-            .arg("--attach")
-            .arg(format!("tiny-{index}={}", sleeper.id()));
-    }
+    command.args(sleepers.attach_args("tiny"));
     let live = Live::start(command);
     thread::sleep(Duration::from_secs(1));
     broker.pause();
@@ -584,10 +569,7 @@ fn a_full_queue_drops_the_oldest_and_says_so() {
     broker.resume();
     thread::sleep(Duration::from_secs(2));
     let run = stop(live);
-    for sleeper in &mut sleepers {
-        let _ = sleeper.kill();
-        let _ = sleeper.wait();
-    }
+    drop(sleepers);
     let dropped = run
         .stdout_lines
         .iter()
