@@ -287,12 +287,6 @@ impl KernelStats {
             .argv_read_failures
             .wrapping_add(other.argv_read_failures);
     }
-
-    /// Total of all failure counters.
-    pub fn total_failures(&self) -> u64 {
-        self.thread_insert_failures
-            .wrapping_add(self.proc_insert_failures)
-    }
 }
 
 #[cfg(feature = "user")]

@@ -266,10 +266,7 @@ impl Engine {
             .filter(|(_, task)| ended_slots.contains(&task.slot))
             .map(|(key, _)| *key)
             .collect();
-        ended_keys
-            .into_iter()
-            .filter_map(|key| self.finish_key(key))
-            .collect()
+        self.finish_keys(ended_keys)
     }
 
     /// Whether a slot's last thread is gone (or its processes all exited
@@ -311,9 +308,28 @@ impl Engine {
     }
 
     fn finish_key(&mut self, key: u64) -> Option<Ended> {
+        self.finish_keys(vec![key]).pop()
+    }
+
+    /// Final messages of several tasks, listing the tracked processes once
+    /// for all of them (a walk of the whole kernel map).
+    fn finish_keys(&mut self, keys: Vec<u64>) -> Vec<Ended> {
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        let processes = self.backend.processes();
+        keys.into_iter()
+            .filter_map(|key| {
+                let slot = self.tasks.get(&key)?.slot;
+                let pids = processes.get(&slot).map(Vec::as_slice).unwrap_or_default();
+                self.release_after_final(key, pids)
+            })
+            .collect()
+    }
+
+    fn release_after_final(&mut self, key: u64, pids: &[u32]) -> Option<Ended> {
         let slot = self.tasks.get(&key)?.slot;
-        let pids = self.backend.processes().remove(&slot).unwrap_or_default();
-        self.emit(key, &pids, true);
+        self.emit(key, pids, true);
         let task = self.tasks.remove(&key)?;
         let shared = self.proplet_slot.as_ref().is_some_and(|s| s.slot == slot);
         let still_used = self.tasks.values().any(|other| other.slot == slot);
@@ -333,9 +349,7 @@ impl Engine {
     /// Final messages for every task (the agent is stopping).
     pub fn finish_all(&mut self) -> Vec<Ended> {
         let keys: Vec<u64> = self.tasks.keys().copied().collect();
-        keys.into_iter()
-            .filter_map(|key| self.finish_key(key))
-            .collect()
+        self.finish_keys(keys)
     }
 
     /// Whether a task with this id is monitored.

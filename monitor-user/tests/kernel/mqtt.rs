@@ -652,23 +652,13 @@ fn bad_control_messages_are_skipped() {
 fn wrong_password_and_unreachable_broker_are_survived() {
     let Some(_serial) = kernel_test() else { return };
     let broker = Broker::start(Some(("agent", "s3cret")));
-    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
-    let attach = format!("pw={}", sleeper.id());
-    let wrong = Live::start(agent(
-        &broker.url(),
-        &[
-            "--mqtt-username",
-            "agent",
-            "--mqtt-password",
-            "nope",
-            "--attach",
-            &attach,
-            "--profile",
-            "intensive",
-            "--enable-monitoring",
-            "false",
-        ],
-    ));
+    let sleeper = Sleepers::start(1, 30);
+    let quiet = ["--profile", "intensive", "--enable-monitoring", "false"];
+    let mut wrong = agent(&broker.url(), &quiet);
+    wrong
+        .args(["--mqtt-username", "agent", "--mqtt-password", "nope"])
+        .args(sleeper.attach_args("pw"));
+    let wrong = Live::start(wrong);
     thread::sleep(Duration::from_secs(3));
     let run = stop(wrong);
     assert!(
@@ -683,21 +673,12 @@ fn wrong_password_and_unreachable_broker_are_survived() {
     );
 
     let port = free_port();
-    let unreachable = Live::start(agent(
-        &format!("mqtt://127.0.0.1:{port}"),
-        &[
-            "--attach",
-            &attach,
-            "--profile",
-            "intensive",
-            "--enable-monitoring",
-            "false",
-        ],
-    ));
+    let mut unreachable = agent(&format!("mqtt://127.0.0.1:{port}"), &quiet);
+    unreachable.args(sleeper.attach_args("pw"));
+    let unreachable = Live::start(unreachable);
     thread::sleep(Duration::from_secs(2));
     let run = stop(unreachable);
-    let _ = sleeper.kill();
-    let _ = sleeper.wait();
+    drop(sleeper);
     let errors: Vec<&str> = run
         .stderr
         .lines()
