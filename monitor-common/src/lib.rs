@@ -4,74 +4,117 @@
 //! (fields ordered by size, `u32`/`u64` only) and both sides are compiled from
 //! this one definition. Map and global names are listed here too, so that the
 //! loader cannot drift from the programs.
+//!
+//! The model: a *task* is a slot number with a generation. A thread belongs
+//! to a task when its task-local storage ([`ThreadState`]) names the slot and
+//! the slot's current generation ([`TaskConfig`]); bumping the generation
+//! makes every thread that still names the old one a stranger at once. The
+//! kernel's own per-thread counters (`se.sum_exec_runtime`, `ioac`) and the
+//! socket bytes the thread moved are *charged* to the task's [`TaskRecord`]
+//! by whoever looks at the thread next (the sampling pass, or the thread's
+//! release), each part exactly once.
 #![no_std]
 
 /// Number of task slots: one slot is one monitored task (a Propeller task id).
 /// Userspace allocates slots; the kernel only ever indexes with them.
 pub const MAX_TASKS: u32 = 4096;
-/// Threads tracked at once across all tasks (`TRACKED_THREADS` capacity).
-pub const MAX_TRACKED_THREADS: u32 = 131_072;
-/// Processes tracked at once across all tasks (`TRACKED_PROCS` capacity).
-pub const MAX_TRACKED_PROCS: u32 = 65_536;
-/// Threads that may be waiting to have their next child adopted (`SPAWN_PENDING`).
-pub const MAX_PENDING_SPAWNS: u32 = 1024;
-/// Running threads waiting to be adopted into a task (`ADOPT_PENDING`).
-pub const MAX_PENDING_ADOPTIONS: u32 = 65_536;
-/// Task ids the kernel looks for in argv at exec (`DISCOVER`).
+/// Task ids the kernel looks for in argv at exec (`DISCOVER`): tasks
+/// waiting for their process.
 pub const MAX_DISCOVERIES: u32 = 1024;
+/// Slots the kernel may take by itself for module processes that exec
+/// before their task's start message arrives (`PROVISIONAL_POOL`).
+pub const MAX_PROVISIONAL: u32 = 64;
 /// Longest task id that exec discovery can match, in bytes.
 pub const DISCOVERY_ID_BYTES: usize = 64;
 /// Bytes of argv that exec discovery reads (a power of two).
 pub const DISCOVERY_ARGV_BYTES: usize = 2048;
 /// What precedes a task id in the host runtime's module path.
 pub const DISCOVERY_PREFIX: &[u8; 8] = b"proplet_";
-/// What follows it.
+/// What follows it, ending the file name.
 pub const DISCOVERY_SUFFIX: &[u8; 5] = b".wasm";
 
 /// Bytes of the `TASK_EVENTS` ring buffer (a power of two, page multiple).
 pub const TASK_EVENTS_BYTES: u32 = 256 * 1024;
 
-/// Per-task collection flags (`TASK_CONFIG`, copied into [`ThreadState`]):
-/// a hook family does nothing for a task without its flag.
+/// Per-task collection flags (in [`TaskConfig::flags`], copied into each
+/// thread's [`ThreadState::flags`]): the kernel skips what is not asked for.
 pub mod collect {
     pub const CPU: u32 = 1;
     pub const DISK: u32 = 2;
     pub const NETWORK: u32 = 4;
+    pub const FILE_DESCRIPTORS: u32 = 8;
+    /// Every collection flag.
+    pub const ALL: u32 = CPU | DISK | NETWORK | FILE_DESCRIPTORS;
 }
 
-/// Index of the `ADOPT_PENDING` gate in `ADOPT_GATE`.
-pub const GATE_ADOPT: u32 = 0;
-/// Index of the `DISCOVER` gate in `ADOPT_GATE`.
-pub const GATE_DISCOVER: u32 = 1;
+/// Properties of a slot, in [`TaskConfig::flags`] above the `collect` bits.
+pub mod slot {
+    /// The slot holds a task (a free slot's flags are 0).
+    pub const IN_USE: u32 = 1 << 10;
+    /// The slot of the proplet process: a member that execs a task's
+    /// module leaves it for that task (discovery wins over in-process
+    /// attribution).
+    pub const YIELDS_TO_DISCOVERY: u32 = 1 << 8;
+    /// Members descend from the proplet process: exec discovery accepts
+    /// them when `switch::REQUIRE_LINEAGE` is on.
+    pub const PROPLET_LINEAGE: u32 = 1 << 9;
+}
+
+/// Per-thread flags, in [`ThreadState::flags`] above the `collect` bits.
+pub mod thread {
+    /// Attached by userspace: the first look at the thread takes its
+    /// kernel counters as the baseline instead of charging them.
+    pub const BASELINE_PENDING: u32 = 1 << 16;
+    /// Not a member: the next thread this thread creates starts the task
+    /// (`propmon run`'s own thread, around the spawn of its command).
+    pub const SPAWNER: u32 = 1 << 17;
+}
+
+/// Indexes of the `SWITCHES` array: agent-wide settings the hooks read.
+pub mod switch {
+    /// Exec discovery is on (Propeller mode).
+    pub const DISCOVERY: u32 = 0;
+    /// Exec discovery accepts only descendants of the proplet process.
+    pub const REQUIRE_LINEAGE: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
 
 /// Names of the maps, as the loader looks them up.
 pub mod maps {
-    /// `HashMap<u64 task_struct address, ThreadState>`: every tracked thread.
-    pub const TRACKED_THREADS: &str = "TRACKED_THREADS";
-    /// `HashMap<u32 tgid, u32 slot>`: every live tracked process.
-    pub const TRACKED_PROCS: &str = "TRACKED_PROCS";
-    /// `PerCpuArray<TaskCounters>` indexed by slot.
-    pub const TASK_COUNTERS: &str = "TASK_COUNTERS";
-    /// `HashMap<u32 tid, u32 slot>`: the next child forked by this thread
-    /// becomes the root process of the task in that slot.
-    pub const SPAWN_PENDING: &str = "SPAWN_PENDING";
-    /// `PerCpuArray<KernelStats>` with a single entry.
-    pub const KERNEL_STATS: &str = "KERNEL_STATS";
-    /// `Array<u32>` indexed by slot: the task's `collect` flags.
+    /// `TASK_STORAGE<ThreadState>`: which task each thread belongs to,
+    /// and what of its counters was charged.
+    pub const THREADS: &str = "THREADS";
+    /// `Array<TaskConfig>` indexed by slot, memory-mapped by userspace, which
+    /// writes each entry as one u64 (`generation | flags << 32`).
     pub const TASK_CONFIG: &str = "TASK_CONFIG";
-    /// `HashMap<u32 tid, PendingThread>`: running threads to adopt the next
-    /// time the kernel sees them (`propmon agent --attach`).
-    pub const ADOPT_PENDING: &str = "ADOPT_PENDING";
-    /// `Array<u32>` with two entries, each non-zero while the matching map
-    /// may hold entries, so that hooks look there only then:
-    /// [`GATE_ADOPT`] for `ADOPT_PENDING`, [`GATE_DISCOVER`] for `DISCOVER`.
-    pub const ADOPT_GATE: &str = "ADOPT_GATE";
+    /// `Array<TaskRecord>` indexed by slot, memory-mapped by userspace.
+    pub const TASKS: &str = "TASKS";
+    /// `Array<Control>` with one entry, memory-mapped by userspace.
+    pub const CONTROL: &str = "CONTROL";
+    /// `Array<u32>` of `switch` values.
+    pub const SWITCHES: &str = "SWITCHES";
     /// `RingBuf` of [`TaskEvent`]s.
     pub const TASK_EVENTS: &str = "TASK_EVENTS";
-    /// `HashMap<[u8; DISCOVERY_ID_BYTES] task id (NUL padded), u32 slot>`:
-    /// a process that execs with `proplet_<id>.wasm` in its argv becomes
-    /// the root of that task.
+    /// `HashMap<[u8; DISCOVERY_ID_BYTES] task id (NUL padded), SlotRef>`:
+    /// a process that execs `proplet_<id>.wasm` becomes that task's root.
     pub const DISCOVER: &str = "DISCOVER";
+    /// `Queue<SlotRef>`: free slots for provisional roots.
+    pub const PROVISIONAL_POOL: &str = "PROVISIONAL_POOL";
+    /// `HashMap<[u8; DISCOVERY_ID_BYTES], SlotRef>`: ids with a provisional root.
+    pub const PROVISIONAL: &str = "PROVISIONAL";
+    /// Every map that must outlive the agent for its tasks to survive a
+    /// restart (pinned in bpffs when the agent keeps state).
+    pub const PERSISTENT: [&str; 9] = [
+        THREADS,
+        TASK_CONFIG,
+        TASKS,
+        CONTROL,
+        SWITCHES,
+        TASK_EVENTS,
+        DISCOVER,
+        PROVISIONAL_POOL,
+        PROVISIONAL,
+    ];
 }
 
 /// Name of the read-only global holding the [`KernelLayout`].
@@ -89,86 +132,88 @@ pub struct KernelLayout {
     pub task_pid: u32,
     /// `task_struct.tgid` (process id).
     pub task_tgid: u32,
-    /// `task_struct.bio_list`: non-NULL while the task is inside a block
-    /// driver's submission, i.e. for bios a stacked device re-submits.
-    pub task_bio_list: u32,
-    /// `task_struct.ioac.cancelled_write_bytes` (u64, CONFIG_TASK_IO_ACCOUNTING).
-    pub task_cancelled_write_bytes: u32,
-    /// `task_struct.start_boottime` (u64 ns since boot).
-    pub task_start_boottime: u32,
+    /// `task_struct.se.sum_exec_runtime` (u64 ns on CPU).
+    pub task_sum_exec_runtime: u32,
     /// `task_struct.mm` (pointer).
     pub task_mm: u32,
+    /// `task_struct.signal` (pointer).
+    pub task_signal: u32,
+    /// `task_struct.files` (pointer).
+    pub task_files: u32,
+    /// `task_struct.ioac.{rchar, wchar, syscr, syscw, read_bytes,
+    /// write_bytes, cancelled_write_bytes}` (u64 each; the first four need
+    /// CONFIG_TASK_XACCT), in [`KernelCounters`] order after `cpu_ns`.
+    pub ioac_fields: [u32; 7],
+    /// `signal_struct.live` (atomic_t: threads not yet through `do_exit`).
+    pub signal_live: u32,
+    /// `signal_struct.nr_threads` (int: threads not yet released).
+    pub signal_nr_threads: u32,
+    /// `mm_struct.rss_stat` (array of struct percpu_counter).
+    pub mm_rss_stat: u32,
+    /// Size of one `struct percpu_counter`.
+    pub percpu_counter_size: u32,
+    /// `percpu_counter.count` (s64).
+    pub percpu_counter_count: u32,
+    /// Indexes of MM_FILEPAGES, MM_ANONPAGES, MM_SHMEMPAGES in `rss_stat`:
+    /// their sum is the RSS that `/proc/<pid>/stat` reports.
+    pub rss_members: [u32; 3],
+    /// `files_struct.fdt` (pointer).
+    pub files_fdt: u32,
+    /// `fdtable.max_fds` (unsigned int).
+    pub fdtable_max_fds: u32,
+    /// `fdtable.open_fds` (pointer to a bitmap of unsigned longs).
+    pub fdtable_open_fds: u32,
     /// `mm_struct.arg_start` / `arg_end`: where argv lies in user memory.
     pub mm_arg_start: u32,
     pub mm_arg_end: u32,
-    /// Nanoseconds per clock tick (USER_HZ), the unit of `/proc/<pid>/stat`
-    /// starttime.
-    pub ns_per_clock_tick: u32,
     /// `sock.__sk_common.skc_family` (u16).
     pub sock_family: u32,
     /// `sock.sk_protocol` (u16).
     pub sock_protocol: u32,
-    /// `bio.bi_opf` (u32: operation in the low 8 bits, then flags).
-    pub bio_opf: u32,
-    /// `bio.bi_iter.bi_size` (u32 bytes).
-    pub bio_size: u32,
-    /// `folio.flags` (first word of the flags).
-    pub folio_flags: u32,
-    /// `folio._nr_pages` (u32), valid when the folio is large.
-    pub folio_nr_pages: u32,
-    /// Bit of `PG_head` in `folio.flags` (enum pageflags): set on large folios.
-    pub pg_head_bit: u32,
-    /// Bit of `__REQ_META` in `bi_opf` (enum req_flag_bits).
-    pub req_meta_bit: u32,
-    /// Bit of `__REQ_IDLE` in `bi_opf` (enum req_flag_bits).
-    pub req_idle_bit: u32,
-    /// Bytes per page (PAGE_SIZE).
-    pub page_size: u32,
 }
 
-/// What the kernel keeps per tracked thread.
+/// The kernel's own per-thread counters that propmon charges to tasks:
+/// `se.sum_exec_runtime` and the `ioac` fields `/proc/<pid>/io` prints.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ThreadState {
-    /// The task the thread belongs to.
-    pub slot: u32,
-    /// The task's [`collect`] flags.
-    pub flags: u32,
-    /// The thread's `ioac.cancelled_write_bytes` when last charged: the
-    /// kernel keeps that figure per thread and has no hook where it grows.
-    pub cancelled_write_bytes_seen: u64,
+pub struct KernelCounters {
+    /// On-CPU nanoseconds.
+    pub cpu_ns: u64,
+    /// Bytes passed to read-like system calls.
+    pub rchar: u64,
+    /// Bytes passed to write-like system calls.
+    pub wchar: u64,
+    /// Read-like system calls.
+    pub syscr: u64,
+    /// Write-like system calls.
+    pub syscw: u64,
+    /// Bytes the thread caused to be read from block devices.
+    pub read_bytes: u64,
+    /// Bytes the thread dirtied in the page cache or wrote with direct I/O.
+    pub write_bytes: u64,
+    /// Dirty page-cache bytes truncated before writeback.
+    pub cancelled_write_bytes: u64,
 }
 
-/// A running thread to adopt: userspace found it in `/proc`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PendingThread {
-    pub slot: u32,
-    pub _padding: u32,
-    /// `/proc/<tid>/stat` starttime (clock ticks since boot): a recycled
-    /// TID belongs to a thread that started later and is not adopted.
-    pub start_ticks: u64,
+/// Number of `u64` fields of [`KernelCounters`].
+pub const KERNEL_COUNTERS: usize = 8;
+
+impl KernelCounters {
+    pub const fn as_array(&self) -> [u64; KERNEL_COUNTERS] {
+        [
+            self.cpu_ns,
+            self.rchar,
+            self.wchar,
+            self.syscr,
+            self.syscw,
+            self.read_bytes,
+            self.write_bytes,
+            self.cancelled_write_bytes,
+        ]
+    }
 }
 
-/// Something userspace must react to without polling every task.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TaskEvent {
-    pub slot: u32,
-    /// [`TaskEvent::PROCESS_EXITED`] or [`TaskEvent::DISCOVERED`].
-    pub kind: u32,
-}
-
-impl TaskEvent {
-    /// The last thread of one of the task's processes exited: the task may
-    /// be over once its threads are released.
-    pub const PROCESS_EXITED: u32 = 1;
-    /// A process exec'd with the task's module in its argv and became the
-    /// task's root.
-    pub const DISCOVERED: u32 = 2;
-}
-
-/// Network protocol buckets of [`TaskCounters::net_tx`] / `net_rx`.
+/// Network protocol buckets of [`NetCounters`].
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NetBucket {
@@ -184,78 +229,113 @@ pub enum NetBucket {
 
 pub const NET_BUCKETS: usize = 4;
 
-/// Cumulative per-task counters, kept per CPU and summed by userspace.
-///
-/// All fields only ever grow, so that a sum over CPUs is meaningful even when
-/// a process is counted in on one CPU and counted out on another: live
-/// counts are `started - exited`.
+/// Socket payload bytes per [`NetBucket`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TaskCounters {
-    /// On-CPU nanoseconds of every thread of the task (`sched_stat_runtime`).
-    pub cpu_ns: u64,
-    /// Processes (thread-group leaders) that joined the task.
-    pub procs_started: u64,
-    /// Processes whose last thread has exited.
-    pub procs_exited: u64,
-    /// Threads that joined the task (every process counts its first thread).
-    pub threads_started: u64,
-    /// Threads whose `task_struct` was released: they can never run again,
-    /// so every nanosecond they consumed has been counted.
-    pub threads_freed: u64,
-    /// Bytes of read bios the task submitted (`/proc/<pid>/io` read_bytes).
-    pub disk_read_bytes: u64,
-    /// Bytes of page-cache pages the task dirtied.
-    pub disk_dirtied_bytes: u64,
-    /// Bytes of direct-I/O write bios the task submitted.
-    pub disk_direct_write_bytes: u64,
-    /// Bytes of write bios the task submitted in its own context (direct
-    /// I/O, and writeback it ran itself, e.g. in `fsync`).
-    pub disk_submitted_write_bytes: u64,
-    /// Bytes of dirty pages truncated before writeback.
-    pub disk_cancelled_write_bytes: u64,
-    /// Payload bytes sent through the task's sockets, per [`NetBucket`].
-    pub net_tx: [u64; NET_BUCKETS],
-    /// Payload bytes received through the task's sockets, per [`NetBucket`].
-    pub net_rx: [u64; NET_BUCKETS],
+pub struct NetCounters {
+    pub tx_bytes: [u64; NET_BUCKETS],
+    pub rx_bytes: [u64; NET_BUCKETS],
 }
 
-impl TaskCounters {
-    /// Adds another CPU's copy of the counters to this one.
-    pub fn accumulate(&mut self, other: &Self) {
-        self.cpu_ns = self.cpu_ns.wrapping_add(other.cpu_ns);
-        self.procs_started = self.procs_started.wrapping_add(other.procs_started);
-        self.procs_exited = self.procs_exited.wrapping_add(other.procs_exited);
-        self.threads_started = self.threads_started.wrapping_add(other.threads_started);
-        self.threads_freed = self.threads_freed.wrapping_add(other.threads_freed);
-        self.disk_read_bytes = self.disk_read_bytes.wrapping_add(other.disk_read_bytes);
-        self.disk_dirtied_bytes = self
-            .disk_dirtied_bytes
-            .wrapping_add(other.disk_dirtied_bytes);
-        self.disk_direct_write_bytes = self
-            .disk_direct_write_bytes
-            .wrapping_add(other.disk_direct_write_bytes);
-        self.disk_submitted_write_bytes = self
-            .disk_submitted_write_bytes
-            .wrapping_add(other.disk_submitted_write_bytes);
-        self.disk_cancelled_write_bytes = self
-            .disk_cancelled_write_bytes
-            .wrapping_add(other.disk_cancelled_write_bytes);
-        for bucket in 0..NET_BUCKETS {
-            self.net_tx[bucket] = self.net_tx[bucket].wrapping_add(other.net_tx[bucket]);
-            self.net_rx[bucket] = self.net_rx[bucket].wrapping_add(other.net_rx[bucket]);
-        }
-    }
+/// What the kernel keeps per thread of a task, in task-local storage.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadState {
+    /// The task the thread belongs to...
+    pub slot: u32,
+    /// ...as long as the slot still has this generation.
+    pub generation: u32,
+    /// `collect` flags of the task, and `thread` flags.
+    pub flags: u32,
+    pub _reserved: u32,
+    /// How much of the thread's own kernel counters has been charged to
+    /// the task: only ever advanced, with compare-and-swap, by whoever
+    /// charges the difference.
+    pub charged: KernelCounters,
+    /// Socket payload the thread moved while in the task (written by the
+    /// thread itself only).
+    pub net: NetCounters,
+    /// How much of `net` has been charged to the task.
+    pub net_charged: NetCounters,
+}
 
-    /// Processes of the task that have not exited yet.
-    pub fn live_processes(&self) -> u64 {
-        self.procs_started.saturating_sub(self.procs_exited)
-    }
+/// A slot at a generation: a task, as the kernel knows it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotRef {
+    pub slot: u32,
+    pub generation: u32,
+}
 
-    /// Threads that may still run (exited but not yet released ones included).
-    pub fn live_threads(&self) -> u64 {
-        self.threads_started.saturating_sub(self.threads_freed)
-    }
+/// Per-slot settings, written by userspace.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskConfig {
+    /// Bumped each time the slot is given to a new task or released.
+    pub generation: u32,
+    /// `collect` flags and `slot` properties; 0 for a free slot.
+    pub flags: u32,
+}
+
+/// Everything counted for one task, in a memory-mapped array that
+/// userspace reads without a system call.
+///
+/// The cumulative counters only ever grow (atomic adds from any CPU), so
+/// that reading them at any moment gives figures that never go back. The
+/// `snapshot` is rewritten by every sampling pass.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskRecord {
+    /// Charged kernel counters of every thread that was in the task.
+    pub counters: KernelCounters,
+    /// Charged socket payload.
+    pub net: NetCounters,
+    /// Threads that joined the task (its first thread included).
+    pub threads_started: u64,
+    /// Threads that were released (or left the task): they can no longer
+    /// run, and everything they consumed has been charged.
+    pub threads_freed: u64,
+    /// Processes (thread-group leaders) that joined the task.
+    pub procs_started: u64,
+    /// Processes whose last thread exited.
+    pub procs_exited: u64,
+    pub snapshot: Snapshot,
+    /// Userspace's own bookkeeping, kept here so that it survives an
+    /// agent restart with the pinned map.
+    pub user: UserRecord,
+}
+
+/// Point-in-time figures of a task's live processes, from one pass.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The pass ([`Control::pass`]) that wrote the figures below; figures
+    /// of an older pass mean the task had no live thread in the latest one.
+    pub pass: u64,
+    /// Live processes (some thread not through `do_exit` yet).
+    pub processes: u64,
+    /// Threads of the live processes (`/proc/<pid>/stat` num_threads).
+    pub threads: u64,
+    /// Resident pages (`/proc/<pid>/stat` rss).
+    pub rss_pages: u64,
+    /// Open file descriptors.
+    pub file_descriptors: u64,
+}
+
+/// Userspace's per-task state, opaque to the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UserRecord {
+    pub words: [u64; 8],
+}
+
+/// Agent-wide state shared with the kernel (memory-mapped).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Control {
+    /// The number of the sampling pass being run (set by userspace).
+    pub pass: u64,
+    pub stats: KernelStats,
 }
 
 /// Health counters of the kernel side: anything here means data was lost,
@@ -263,40 +343,51 @@ impl TaskCounters {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelStats {
-    /// Forks of tracked threads that could not be recorded (map full).
-    pub thread_insert_failures: u64,
-    /// New tracked processes that could not be recorded (map full).
-    pub proc_insert_failures: u64,
+    /// Threads that could not be given task-local storage (out of memory).
+    pub storage_failures: u64,
     /// Task events lost because the ring buffer was full.
     pub event_drops: u64,
     /// Execs whose argv could not be read for discovery.
     pub argv_read_failures: u64,
+    /// Module execs with no task waiting and no provisional slot left.
+    pub provisional_exhausted: u64,
+    /// Module execs refused because they do not descend from the proplet.
+    pub lineage_refused: u64,
 }
 
-impl KernelStats {
-    /// Adds another CPU's copy of the counters to this one.
-    pub fn accumulate(&mut self, other: &Self) {
-        self.thread_insert_failures = self
-            .thread_insert_failures
-            .wrapping_add(other.thread_insert_failures);
-        self.proc_insert_failures = self
-            .proc_insert_failures
-            .wrapping_add(other.proc_insert_failures);
-        self.event_drops = self.event_drops.wrapping_add(other.event_drops);
-        self.argv_read_failures = self
-            .argv_read_failures
-            .wrapping_add(other.argv_read_failures);
-    }
+/// Something userspace must react to without polling every task.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskEvent {
+    pub kind: u32,
+    pub slot: u32,
+    pub generation: u32,
+    /// The process it is about.
+    pub tgid: u32,
+    /// The task id, for [`TaskEvent::PROVISIONAL`] (NUL padded).
+    pub task_id: [u8; DISCOVERY_ID_BYTES],
+}
+
+impl TaskEvent {
+    /// The last thread of one of the task's processes exited: the task may
+    /// be over once its threads are released.
+    pub const PROCESS_EXITED: u32 = 1;
+    /// A process exec'd the task's module and became the task's root.
+    pub const DISCOVERED: u32 = 2;
+    /// A process exec'd the module of a task nobody announced yet, and
+    /// became the root of a provisional slot.
+    pub const PROVISIONAL: u32 = 3;
 }
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: plain `#[repr(C)]` structs of `u64`s or of `u32`s: no
-    // padding, any bit pattern is valid.
-    unsafe impl aya::Pod for super::TaskCounters {}
-    unsafe impl aya::Pod for super::KernelStats {}
+    // SAFETY: plain `#[repr(C)]` structs of `u64`s and `u32`s, ordered so
+    // that there is no padding; any bit pattern is valid.
     unsafe impl aya::Pod for super::KernelLayout {}
     unsafe impl aya::Pod for super::ThreadState {}
-    unsafe impl aya::Pod for super::PendingThread {}
+    unsafe impl aya::Pod for super::SlotRef {}
+    unsafe impl aya::Pod for super::TaskConfig {}
+    unsafe impl aya::Pod for super::TaskRecord {}
+    unsafe impl aya::Pod for super::Control {}
     unsafe impl aya::Pod for super::TaskEvent {}
 }

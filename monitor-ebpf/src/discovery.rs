@@ -1,57 +1,63 @@
 //! Exec discovery: a Propeller host runtime runs `.../proplet_<task-id>.wasm`,
-//! so a process that execs with that in its argv becomes the task's root,
-//! and everything it creates follows by `lifecycle`. Decided in the kernel
-//! at exec, so even a 5 ms task is counted from its first instruction.
+//! so a process that execs with that file name in its argv becomes the
+//! task's root, and everything it creates follows (`membership`). Decided
+//! in the kernel at exec, so even a 5 ms task is counted from its first
+//! instruction.
 //!
 //! Hook: `sched_process_exec` (tp_btf, Linux 5.5+), in the new image's
 //! context: argv is in its memory between `mm->arg_start` and `arg_end`.
-//! Does nothing unless userspace waits for a task id (`DISCOVER` gate).
+//! Runs only in Propeller mode (`switch::DISCOVERY`).
+//!
+//! - The file name must be exactly `proplet_<id>.wasm` (`.wasm.log` is
+//!   not the module), and, when the proplet process is known, the process
+//!   must descend from it (`switch::REQUIRE_LINEAGE`): nobody else can
+//!   claim a task.
+//! - A member of a task keeps its task across exec, except a member of the
+//!   proplet's own slot: discovery wins over in-process attribution.
+//! - A module whose start message has not been handled yet still gets a
+//!   root: the process takes a provisional slot from `PROVISIONAL_POOL`
+//!   and userspace hands it to the task when its start message comes.
 
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_task,
-        generated::{bpf_loop, bpf_probe_read_user},
-    },
+    helpers::generated::{bpf_loop, bpf_probe_read_user},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
 use monitor_common::{
-    DISCOVERY_ARGV_BYTES, DISCOVERY_ID_BYTES, DISCOVERY_PREFIX, DISCOVERY_SUFFIX, TaskEvent,
+    DISCOVERY_ARGV_BYTES, DISCOVERY_ID_BYTES, DISCOVERY_PREFIX, DISCOVERY_SUFFIX, SlotRef,
+    TaskConfig, TaskEvent, ThreadState, collect, slot, switch, thread,
 };
 
 use crate::{
-    layout::{layout, read},
-    lifecycle::adopt_process_root,
+    charge::{charge, start_from_now},
+    layout::{field, layout, task_ids},
     maps::{
-        ARGV_SCRATCH, Argv, DISCOVER, TASK_EVENTS, add, discovery_pending, kernel_stats,
-        tracked_thread,
+        ARGV_SCRATCH, Argv, DISCOVER, PROVISIONAL, PROVISIONAL_POOL, THREADS, add, count_loss,
+        current_task, emit, event, switch_on, task_config, task_record, valid_membership,
     },
+    membership::count_joined,
 };
-
-/// bpf_ringbuf_output flag (include/uapi/linux/bpf.h).
-const BPF_RB_NO_WAKEUP: u64 = 1;
 
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn exec_discovery(_ctx: BtfTracePointContext) -> u32 {
-    if !discovery_pending() {
+    if !switch_on(switch::DISCOVERY) {
         return 0;
     }
-    // SAFETY: no preconditions; exec runs in the process itself.
-    let task = unsafe { bpf_get_current_task() };
-    if tracked_thread(task).is_some() {
-        return 0; // already part of a task
-    }
+    let task = current_task();
+    let yielding = match yielding_member(task) {
+        Membership::Member => return 0, // its execs stay its task's
+        Membership::Yielding(state, config) => Some((state, config)),
+        Membership::Stranger => None,
+    };
     let Some(argv) = ARGV_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
     // SAFETY: per-CPU scratch, used by this program only, which does not nest.
     let argv = unsafe { &mut *argv };
     let Some(len) = read_argv(task, argv) else {
-        if let Some(stats) = kernel_stats() {
-            add(&mut stats.argv_read_failures, 1);
-        }
+        count_loss(|stats| &mut stats.argv_read_failures);
         return 0;
     };
     // One search, one candidate: the verifier checks each extra attempt
@@ -59,24 +65,126 @@ pub fn exec_discovery(_ctx: BtfTracePointContext) -> u32 {
     let Some(at) = find_file_name(argv, len) else {
         return 0;
     };
-    if let Some(slot) = task_at(argv, at, len) {
-        adopt_process_root(task, slot);
-        let event = TaskEvent {
-            slot,
-            kind: TaskEvent::DISCOVERED,
-        };
-        let _ = TASK_EVENTS.output(event, BPF_RB_NO_WAKEUP);
+    if !module_id_at(argv, at, len) {
+        return 0;
     }
+    let lineage = yielding
+        .as_ref()
+        .is_some_and(|(_, config)| config.flags & slot::PROPLET_LINEAGE != 0);
+    if switch_on(switch::REQUIRE_LINEAGE) && !lineage {
+        count_loss(|stats| &mut stats.lineage_refused);
+        return 0;
+    }
+    let (kind, target) = match claim_target(&argv.id) {
+        Some(found) => found,
+        None => return 0,
+    };
+    become_root(task, yielding, target);
+    let (_, tgid) = task_ids(task);
+    let mut announced = event(kind, target.slot, target.generation, tgid);
+    announced.task_id = argv.id;
+    emit(&announced);
     0
+}
+
+enum Membership {
+    /// A member of a task, which keeps its execs.
+    Member,
+    /// A member of the proplet's slot, which yields to discovery.
+    Yielding(&'static mut ThreadState, TaskConfig),
+    Stranger,
+}
+
+#[inline(always)]
+fn yielding_member(task: u64) -> Membership {
+    let Some(state) = THREADS.get(task) else {
+        return Membership::Stranger;
+    };
+    if state.flags & thread::SPAWNER != 0 {
+        return Membership::Stranger;
+    }
+    match valid_membership(task, state) {
+        Some((state, config)) if config.flags & slot::YIELDS_TO_DISCOVERY != 0 => {
+            Membership::Yielding(state, config)
+        }
+        Some(_) => Membership::Member,
+        None => Membership::Stranger,
+    }
+}
+
+/// The task waiting for this module, else a provisional slot for it (one
+/// per id); the event kind to report.
+#[inline(always)]
+fn claim_target(id: &[u8; DISCOVERY_ID_BYTES]) -> Option<(u32, SlotRef)> {
+    // SAFETY: plain value copied out at once.
+    if let Some(target) = unsafe { DISCOVER.get(id) }.copied() {
+        // One root per task: a later exec with the same module is not it.
+        let _ = DISCOVER.remove(id);
+        return Some((TaskEvent::DISCOVERED, target));
+    }
+    // SAFETY: as above.
+    if unsafe { PROVISIONAL.get(id) }.is_some() {
+        return None; // a root for this id exists already
+    }
+    let Some(target) = PROVISIONAL_POOL.pop().ok().flatten() else {
+        count_loss(|stats| &mut stats.provisional_exhausted);
+        return None;
+    };
+    let _ = PROVISIONAL.insert(id, target, 0);
+    Some((TaskEvent::PROVISIONAL, target))
+}
+
+/// Makes the (single-threaded, just exec'd) current process the root of
+/// `target`, counting from now. A member of the proplet's slot first
+/// settles what it consumed there, and leaves it.
+#[inline(always)]
+fn become_root(
+    task: u64,
+    yielding: Option<(&'static mut ThreadState, TaskConfig)>,
+    target: SlotRef,
+) {
+    let Some(config) = task_config(target.slot) else {
+        return;
+    };
+    let flags = config.flags & collect::ALL;
+    let state = match yielding {
+        Some((state, old_config)) => {
+            if let Some(old) = task_record(state.slot) {
+                charge(task, state, old_config.flags, old);
+                add(&mut old.threads_freed, 1);
+                add(&mut old.procs_exited, 1);
+            }
+            state
+        }
+        None => {
+            let mut initial = ThreadState::default();
+            let Some(state) = THREADS.get_or_insert(task, &mut initial) else {
+                count_loss(|stats| &mut stats.storage_failures);
+                return;
+            };
+            state
+        }
+    };
+    *state = ThreadState {
+        slot: target.slot,
+        generation: target.generation,
+        flags,
+        ..ThreadState::default()
+    };
+    start_from_now(task, state);
+    count_joined(task, target.slot);
 }
 
 /// Copies argv into the scratch buffer; its length.
 #[inline(always)]
 fn read_argv(task: u64, argv: &mut Argv) -> Option<usize> {
     let layout = layout();
-    let mm = read::<u64>(task, layout.task_mm)?;
-    let start = read::<u64>(mm, layout.mm_arg_start)?;
-    let end = read::<u64>(mm, layout.mm_arg_end)?;
+    let mm: u64 = field(task, layout.task_mm);
+    if mm == 0 {
+        return None;
+    }
+    let start: u64 = field(mm, layout.mm_arg_start);
+    let end: u64 = field(mm, layout.mm_arg_end);
     let len = (end.saturating_sub(start) as usize).min(DISCOVERY_ARGV_BYTES);
     // SAFETY: the destination holds DISCOVERY_ARGV_BYTES >= len bytes.
     let ret = unsafe {
@@ -150,15 +258,17 @@ extern "C" fn scan_position(index: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
-/// The task whose id sits at `at`, followed by `.wasm`.
+/// Whether `proplet_` at `at - 8` is followed by an id and `.wasm` ending
+/// the argument (exactly the module's file name); the id is left in
+/// `argv.id`, NUL padded.
 #[inline(always)]
-fn task_at(argv: &mut Argv, at: usize, len: usize) -> Option<u32> {
+fn module_id_at(argv: &mut Argv, at: usize, len: usize) -> bool {
     argv.id = [0; DISCOVERY_ID_BYTES];
     let mut id_len = DISCOVERY_ID_BYTES;
     for k in 0..DISCOVERY_ID_BYTES {
         let i = (at + k) & (DISCOVERY_ARGV_BYTES - 1);
         if at + k >= len {
-            return None;
+            return false;
         }
         let byte = argv.bytes[i];
         if byte == b'.' {
@@ -166,22 +276,20 @@ fn task_at(argv: &mut Argv, at: usize, len: usize) -> Option<u32> {
             break;
         }
         if byte == 0 || byte == b'/' {
-            return None;
+            return false;
         }
         argv.id[k] = byte;
     }
     if id_len == 0 || id_len == DISCOVERY_ID_BYTES {
-        return None;
+        return false;
     }
-    for (j, expected) in DISCOVERY_SUFFIX.iter().enumerate() {
+    // `.wasm` and the NUL that ends the argument.
+    for j in 0..=DISCOVERY_SUFFIX.len() {
+        let expected = DISCOVERY_SUFFIX.get(j).copied().unwrap_or(0);
         let position = at + id_len + j;
-        if position >= len || argv.bytes[position & (DISCOVERY_ARGV_BYTES - 1)] != *expected {
-            return None;
+        if position >= len || argv.bytes[position & (DISCOVERY_ARGV_BYTES - 1)] != expected {
+            return false;
         }
     }
-    // SAFETY: plain value copied out at once.
-    let slot = unsafe { DISCOVER.get(argv.id) }.copied()?;
-    // One root per task: a later exec with the same module path is not it.
-    let _ = DISCOVER.remove(argv.id);
-    Some(slot)
+    true
 }

@@ -3,29 +3,30 @@
 //! CO-RE relocations yet.
 
 use aya_ebpf::{Global, helpers::bpf_probe_read_kernel};
-use monitor_common::KernelLayout;
+use monitor_common::{KERNEL_COUNTERS, KernelCounters, KernelLayout};
 
 #[unsafe(no_mangle)]
 static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
     task_pid: 0,
     task_tgid: 0,
-    task_bio_list: 0,
-    task_cancelled_write_bytes: 0,
-    task_start_boottime: 0,
+    task_sum_exec_runtime: 0,
     task_mm: 0,
+    task_signal: 0,
+    task_files: 0,
+    ioac_fields: [0; 7],
+    signal_live: 0,
+    signal_nr_threads: 0,
+    mm_rss_stat: 0,
+    percpu_counter_size: 0,
+    percpu_counter_count: 0,
+    rss_members: [0; 3],
+    files_fdt: 0,
+    fdtable_max_fds: 0,
+    fdtable_open_fds: 0,
     mm_arg_start: 0,
     mm_arg_end: 0,
-    ns_per_clock_tick: 0,
     sock_family: 0,
     sock_protocol: 0,
-    bio_opf: 0,
-    bio_size: 0,
-    folio_flags: 0,
-    folio_nr_pages: 0,
-    pg_head_bit: 0,
-    req_meta_bit: 0,
-    req_idle_bit: 0,
-    page_size: 0,
 });
 
 #[inline(always)]
@@ -33,29 +34,51 @@ pub fn layout() -> KernelLayout {
     LAYOUT.load()
 }
 
-/// Reads a field of a struct that a BTF tracepoint passed as an argument
-/// (a pointer the verifier knows the type of): a plain load, which the
-/// kernel makes safe, instead of a helper call. `offset` must come from
-/// `LAYOUT`, which the verifier knows as a constant (read-only, frozen map),
-/// and land on a field of that type, or the program does not load.
+/// Reads a field of a struct the verifier knows the BTF type of (a typed
+/// tracepoint or iterator argument, or a pointer loaded from one): a plain
+/// load, which the kernel makes safe (a NULL or stale pointer reads 0),
+/// instead of a helper call. `offset` must come from `LAYOUT`, which the
+/// verifier knows as a constant (read-only, frozen map), and land on a
+/// field of that type, or the program does not load.
 #[inline(always)]
-pub fn field<T: Copy>(typed_arg: u64, offset: u32) -> T {
-    // SAFETY: the verifier checks the access against the argument's BTF type.
-    unsafe { core::ptr::read_volatile((typed_arg + u64::from(offset)) as *const T) }
+pub fn field<T: Copy>(typed: u64, offset: u32) -> T {
+    // SAFETY: the verifier checks the access against the pointer's BTF type.
+    unsafe { core::ptr::read_volatile((typed + u64::from(offset)) as *const T) }
 }
 
-/// Reads a `T` at `base + offset` in kernel memory.
+/// Reads a `T` at `base + offset` in kernel memory that the verifier has
+/// no type for.
 #[inline(always)]
-pub fn read<T>(base: u64, offset: u32) -> Option<T> {
+pub fn read<T>(base: u64, offset: u64) -> Option<T> {
     // SAFETY: bpf_probe_read_kernel validates the address itself.
-    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.ok()
+    unsafe { bpf_probe_read_kernel((base + offset) as *const T) }.ok()
 }
 
-/// `(pid, tgid)` of a task: its thread id and its process id.
+/// `(pid, tgid)` of a typed `struct task_struct *`: thread and process id.
 #[inline(always)]
-pub fn task_pid_tgid(task: u64) -> Option<(u32, u32)> {
+pub fn task_ids(task: u64) -> (u32, u32) {
     let layout = layout();
-    let pid = read::<i32>(task, layout.task_pid)?;
-    let tgid = read::<i32>(task, layout.task_tgid)?;
-    Some((pid as u32, tgid as u32))
+    (
+        field::<i32>(task, layout.task_pid) as u32,
+        field::<i32>(task, layout.task_tgid) as u32,
+    )
+}
+
+/// The kernel's own counters of a typed `struct task_struct *`, as
+/// `/proc/<tid>/schedstat` and `/proc/<tid>/io` print them.
+#[inline(always)]
+pub fn kernel_counters(task: u64) -> [u64; KERNEL_COUNTERS] {
+    let layout = layout();
+    let ioac = |index: usize| field::<u64>(task, layout.ioac_fields[index]);
+    KernelCounters {
+        cpu_ns: field::<u64>(task, layout.task_sum_exec_runtime),
+        rchar: ioac(0),
+        wchar: ioac(1),
+        syscr: ioac(2),
+        syscw: ioac(3),
+        read_bytes: ioac(4),
+        write_bytes: ioac(5),
+        cancelled_write_bytes: ioac(6),
+    }
+    .as_array()
 }

@@ -1,23 +1,27 @@
 //! propmon's kernel side: per-task accounting, decided in the kernel.
 //!
-//! A *task* is a slot number chosen by userspace. Threads join a task when
-//! they are created (`lifecycle`), and every hook family charges what it
-//! observes to the task of the thread it runs for (`cpu`, `disk`, `net`).
-//! Userspace only reads the per-CPU counters and the tracked-process map.
+//! A *task* is a slot number (and generation) chosen by userspace. Threads
+//! join a task when they are created (`membership`) or when they exec a
+//! task's module (`discovery`), and their task is kept in their task-local
+//! storage. The kernel already counts CPU and disk per thread; the
+//! sampling pass (`pass`) and the thread's release charge those counters
+//! to its task (`charge`). Only what nothing else counts has a per-event
+//! hook: socket payload (`net`). Userspace reads the memory-mapped records.
 #![no_std]
 #![no_main]
-// Atomic adds: the BPF target has no compare-and-swap, so core's atomics
-// lack fetch_add; the intrinsic lowers to BPF's atomic add instruction.
+// Atomic add and compare-and-swap: the BPF target declares no CAS, so
+// core's atomic types lack them; the intrinsics lower to BPF's atomic
+// instructions (compare-and-swap since Linux 5.12).
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
-mod cpu;
+mod charge;
 mod discovery;
-mod disk;
 mod layout;
-mod lifecycle;
 mod maps;
+mod membership;
 mod net;
+mod pass;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,70 +1,134 @@
 //! The maps shared by all programs (layouts in `monitor-common`), and the
 //! lookups every hook family uses.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::{
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd},
+    ptr,
+};
 
 use aya_ebpf::{
-    macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE},
+    helpers::generated::{bpf_get_current_task_btf, bpf_task_storage_delete, bpf_task_storage_get},
+    macros::{btf_map, map},
+    maps::{Array, HashMap, Queue, RingBuf},
 };
 use monitor_common::{
-    DISCOVERY_ARGV_BYTES, DISCOVERY_ID_BYTES, GATE_ADOPT, GATE_DISCOVER, KernelStats,
-    MAX_DISCOVERIES, MAX_PENDING_ADOPTIONS, MAX_PENDING_SPAWNS, MAX_TASKS, MAX_TRACKED_PROCS,
-    MAX_TRACKED_THREADS, PendingThread, TASK_EVENTS_BYTES, TaskCounters, ThreadState,
+    Control, DISCOVERY_ARGV_BYTES, DISCOVERY_ID_BYTES, KernelStats, MAX_DISCOVERIES,
+    MAX_PROVISIONAL, MAX_TASKS, SlotRef, TASK_EVENTS_BYTES, TaskConfig, TaskEvent, TaskRecord,
+    ThreadState, switch,
 };
 
-/// Hash maps allocate entries as they are inserted (include/uapi/linux/bpf.h):
-/// kernel memory follows the tracked threads, not the maps' capacities.
-/// Allocation from any context, the scheduler's included, is safe since
-/// Linux 6.1 (bpf_mem_alloc).
-const BPF_F_NO_PREALLOC: u32 = 1;
+/// `BPF_MAP_TYPE_TASK_STORAGE` (include/uapi/linux/bpf.h): aya-ebpf 0.2
+/// has no definition for it, so this is the BTF map definition libbpf
+/// would read from C's `__uint(type, ...)` fields. Local storage maps must
+/// be BTF-defined (the kernel wants the value's BTF) and have no capacity:
+/// an entry lives in the thread itself and goes with it, so adoption can
+/// never fail for lack of `max_entries`.
+#[repr(C)]
+pub struct TaskStorage<V> {
+    r#type: *const [i32; 29],
+    key: *const i32,
+    value: *const V,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+}
 
-/// Tracked threads, keyed by `task_struct` address rather than TID: the
-/// address is what every scheduler hook receives, it needs no field read on
-/// the hot path, and it cannot be recycled before `sched_process_free`
-/// removes the entry, whereas a TID is freed (and may be reused) as soon as
-/// the thread is reaped.
-#[map(name = "TRACKED_THREADS")]
-pub static TRACKED_THREADS: HashMap<u64, ThreadState> =
-    HashMap::with_max_entries(MAX_TRACKED_THREADS, BPF_F_NO_PREALLOC);
+// SAFETY: the fields are BTF placeholders the loader reads, never
+// dereferenced; the map itself is the kernel's.
+unsafe impl<V> Sync for TaskStorage<V> {}
 
-/// Live tracked processes (tgid -> slot), for userspace to find the
-/// processes of a task in `/proc` without scanning the host.
-#[map(name = "TRACKED_PROCS")]
-pub static TRACKED_PROCS: HashMap<u32, u32> =
-    HashMap::with_max_entries(MAX_TRACKED_PROCS, BPF_F_NO_PREALLOC);
+impl<V> TaskStorage<V> {
+    pub const fn new() -> Self {
+        TaskStorage {
+            r#type: ptr::null(),
+            key: ptr::null(),
+            value: ptr::null(),
+            max_entries: ptr::null(),
+            map_flags: ptr::null(),
+        }
+    }
 
-/// Per-task cumulative counters, one copy per CPU.
-#[map(name = "TASK_COUNTERS")]
-pub static TASK_COUNTERS: PerCpuArray<TaskCounters> = PerCpuArray::with_max_entries(MAX_TASKS, 0);
+    fn as_ptr(&self) -> *mut c_void {
+        ptr::from_ref(self).cast_mut().cast()
+    }
 
-/// Threads whose next child starts a task (tid -> slot), one-shot.
-#[map(name = "SPAWN_PENDING")]
-pub static SPAWN_PENDING: HashMap<u32, u32> =
-    HashMap::with_max_entries(MAX_PENDING_SPAWNS, BPF_F_NO_PREALLOC);
+    /// The storage of `task` (a BTF `struct task_struct *`), if it has one.
+    #[inline(always)]
+    pub fn get(&self, task: u64) -> Option<&'static mut V> {
+        // SAFETY: the helper checks the task pointer's BTF type; a
+        // non-NULL result points to the task's storage, valid while the
+        // program runs (RCU).
+        let value =
+            unsafe { bpf_task_storage_get(self.as_ptr(), task as *mut _, ptr::null_mut(), 0) };
+        // SAFETY: see above.
+        unsafe { value.cast::<V>().as_mut() }
+    }
 
-/// Per-task `collect` flags, set by userspace before the task's first thread
-/// is adopted and copied into each of its threads' state.
+    /// The storage of `task`, created from `initial` if it has none.
+    #[inline(always)]
+    pub fn get_or_insert(&self, task: u64, initial: &mut V) -> Option<&'static mut V> {
+        // SAFETY: as for `get`; `initial` is copied by the helper.
+        let value = unsafe {
+            bpf_task_storage_get(
+                self.as_ptr(),
+                task as *mut _,
+                ptr::from_mut(initial).cast(),
+                BPF_LOCAL_STORAGE_GET_F_CREATE.into(),
+            )
+        };
+        // SAFETY: see `get`.
+        unsafe { value.cast::<V>().as_mut() }
+    }
+
+    /// Forgets the storage of `task`.
+    #[inline(always)]
+    pub fn remove(&self, task: u64) {
+        // SAFETY: as for `get`. A task without storage is no error here.
+        unsafe { bpf_task_storage_delete(self.as_ptr(), task as *mut _) };
+    }
+}
+
+/// Which task each thread belongs to. Reached in O(1) from the thread
+/// itself, with no hashing; a thread without storage is a stranger.
+#[btf_map]
+pub static THREADS: TaskStorage<ThreadState> = TaskStorage::new();
+
+/// Per-slot generation and flags, written by userspace through a memory
+/// mapping, as one 64-bit store.
 #[map(name = "TASK_CONFIG")]
-pub static TASK_CONFIG: Array<u32> = Array::with_max_entries(MAX_TASKS, 0);
+pub static TASK_CONFIG: Array<TaskConfig> = Array::with_max_entries(MAX_TASKS, BPF_F_MMAPABLE);
 
-/// Running threads to adopt (tid -> task), filled from `/proc` by userspace.
-#[map(name = "ADOPT_PENDING")]
-pub static ADOPT_PENDING: HashMap<u32, PendingThread> =
-    HashMap::with_max_entries(MAX_PENDING_ADOPTIONS, BPF_F_NO_PREALLOC);
+/// Per-task counters and snapshot, memory-mapped by userspace.
+#[map(name = "TASKS")]
+pub static TASKS: Array<TaskRecord> = Array::with_max_entries(MAX_TASKS, BPF_F_MMAPABLE);
 
-/// Gates of `ADOPT_PENDING` and `DISCOVER`: non-zero while they may hold entries.
-#[map(name = "ADOPT_GATE")]
-pub static ADOPT_GATE: Array<u32> = Array::with_max_entries(2, 0);
+/// The current pass number and the health counters, memory-mapped.
+#[map(name = "CONTROL")]
+pub static CONTROL: Array<Control> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
-/// Task ids to find in argv at exec (NUL-padded id -> slot).
+/// Agent-wide switches (`monitor_common::switch`).
+#[map(name = "SWITCHES")]
+pub static SWITCHES: Array<u32> = Array::with_max_entries(switch::COUNT, 0);
+
+/// Task ids to find in argv at exec (NUL-padded id -> task).
 #[map(name = "DISCOVER")]
-pub static DISCOVER: HashMap<[u8; DISCOVERY_ID_BYTES], u32> =
+pub static DISCOVER: HashMap<[u8; DISCOVERY_ID_BYTES], SlotRef> =
     HashMap::with_max_entries(MAX_DISCOVERIES, BPF_F_NO_PREALLOC);
+
+/// Free slots the exec hook may give to a module nobody announced yet.
+#[map(name = "PROVISIONAL_POOL")]
+pub static PROVISIONAL_POOL: Queue<SlotRef> = Queue::with_max_entries(MAX_PROVISIONAL, 0);
+
+/// Ids that already have a provisional root (NUL-padded id -> task).
+#[map(name = "PROVISIONAL")]
+pub static PROVISIONAL: HashMap<[u8; DISCOVERY_ID_BYTES], SlotRef> =
+    HashMap::with_max_entries(MAX_PROVISIONAL, BPF_F_NO_PREALLOC);
 
 /// Per-CPU room for an argv being searched (too big for the BPF stack).
 #[map(name = "ARGV_SCRATCH")]
-pub static ARGV_SCRATCH: PerCpuArray<Argv> = PerCpuArray::with_max_entries(1, 0);
+pub static ARGV_SCRATCH: aya_ebpf::maps::PerCpuArray<Argv> =
+    aya_ebpf::maps::PerCpuArray::with_max_entries(1, 0);
 
 /// argv bytes, plus one id being assembled.
 #[repr(C)]
@@ -77,58 +141,142 @@ pub struct Argv {
 #[map(name = "TASK_EVENTS")]
 pub static TASK_EVENTS: RingBuf = RingBuf::with_byte_size(TASK_EVENTS_BYTES, 0);
 
-/// Health counters: every lost record is counted here.
-#[map(name = "KERNEL_STATS")]
-pub static KERNEL_STATS: PerCpuArray<KernelStats> = PerCpuArray::with_max_entries(1, 0);
-
-/// The state of a tracked thread, by `task_struct` address.
+/// A thread's membership, if it is a member of a live task: its storage
+/// names the slot's current generation. `None` for strangers, for
+/// spawners, and for threads of ended tasks (whose storage is dropped).
 #[inline(always)]
-pub fn tracked_thread(task: u64) -> Option<&'static mut ThreadState> {
-    // SAFETY: hash map values stay valid while the program runs (RCU); an
-    // entry is only written under its thread's runqueue lock
-    // (sched_stat_runtime) or once the thread is dead (sched_process_free).
-    TRACKED_THREADS
-        .get_ptr_mut(task)
-        .map(|p| unsafe { &mut *p })
+pub fn member(task: u64) -> Option<(&'static mut ThreadState, TaskConfig)> {
+    let thread = THREADS.get(task)?;
+    if thread.flags & monitor_common::thread::SPAWNER != 0 {
+        return None;
+    }
+    valid_membership(task, thread)
 }
 
-/// The `collect` flags of a task.
+/// `thread` (the storage of `task`) with its slot's settings, if its
+/// task is still the slot's; otherwise the storage is dropped.
 #[inline(always)]
-pub fn task_flags(slot: u32) -> u32 {
-    TASK_CONFIG.get(slot).copied().unwrap_or(0)
+pub fn valid_membership(
+    task: u64,
+    thread: &'static mut ThreadState,
+) -> Option<(&'static mut ThreadState, TaskConfig)> {
+    let config = task_config(thread.slot)?;
+    if config.generation != thread.generation || config.flags == 0 {
+        THREADS.remove(task);
+        return None;
+    }
+    Some((thread, config))
 }
 
-/// Whether userspace has threads waiting for adoption.
+/// The current thread as a BTF `struct task_struct *`.
 #[inline(always)]
-pub fn adoption_pending() -> bool {
-    ADOPT_GATE.get(GATE_ADOPT).is_some_and(|gate| *gate != 0)
+pub fn current_task() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_get_current_task_btf() as u64 }
 }
 
-/// Whether userspace is waiting for task ids to show up in an argv.
+/// The settings of a slot, read in one load: userspace rewrites both
+/// fields with one 64-bit store, so they always match each other.
 #[inline(always)]
-pub fn discovery_pending() -> bool {
-    ADOPT_GATE.get(GATE_DISCOVER).is_some_and(|gate| *gate != 0)
+pub fn task_config(slot: u32) -> Option<TaskConfig> {
+    let config = TASK_CONFIG.get_ptr(slot)?;
+    // SAFETY: an aligned 8-byte array value.
+    let word = unsafe { ptr::read_volatile(config.cast::<u64>()) };
+    Some(TaskConfig {
+        generation: word as u32,
+        flags: (word >> 32) as u32,
+    })
 }
 
-/// This CPU's counters of `slot`; `None` only for a slot out of range.
+/// The record of a slot; `None` only for a slot out of range.
 #[inline(always)]
-pub fn task_counters(slot: u32) -> Option<&'static mut TaskCounters> {
-    // SAFETY: per-CPU value; updates go through `add`, which stays exact
-    // even if an interrupt runs another of our programs on this CPU.
-    TASK_COUNTERS.get_ptr_mut(slot).map(|p| unsafe { &mut *p })
+pub fn task_record(slot: u32) -> Option<&'static mut TaskRecord> {
+    // SAFETY: array values live as long as the map; every shared field is
+    // updated with atomic instructions.
+    TASKS.get_ptr_mut(slot).map(|p| unsafe { &mut *p })
 }
 
-/// This CPU's health counters.
+/// Whether an agent-wide switch is on.
+#[inline(always)]
+pub fn switch_on(index: u32) -> bool {
+    SWITCHES.get(index).is_some_and(|value| *value != 0)
+}
+
+/// The health counters.
 #[inline(always)]
 pub fn kernel_stats() -> Option<&'static mut KernelStats> {
-    // SAFETY: as for `task_counters`.
-    KERNEL_STATS.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+    // SAFETY: as for `task_record`.
+    CONTROL.get_ptr_mut(0).map(|p| unsafe { &mut (*p).stats })
 }
 
-/// Adds to a counter with one atomic instruction: a per-CPU value can still
-/// be updated by a program in an interrupt while another is mid-update.
+/// Counts a loss in the health counters.
+#[inline(always)]
+pub fn count_loss(field: impl FnOnce(&mut KernelStats) -> &mut u64) {
+    if let Some(stats) = kernel_stats() {
+        add(field(stats), 1);
+    }
+}
+
+/// Adds to a counter with one atomic instruction: the same counter may be
+/// updated from several CPUs at once.
 #[inline(always)]
 pub fn add(counter: &mut u64, value: u64) {
     // SAFETY: `counter` is a valid, aligned u64 in a map value.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, value) };
+}
+
+/// Moves `mark` up to `now` if it is below, and returns by how much: the
+/// share of a monotonic counter that this caller, and only this caller,
+/// must charge. Two parties charging the same thread at once (the pass
+/// and the thread's release) each get a disjoint part.
+#[inline(always)]
+pub fn advance(mark: &mut u64, now: u64) -> u64 {
+    let mark: *mut u64 = mark;
+    // SAFETY: `mark` is a valid, aligned u64 in a map value.
+    let mut seen = unsafe { ptr::read_volatile(mark) };
+    // Bounded for the verifier: losing three races in a row means others
+    // are charging this very counter and will charge the rest.
+    for _ in 0..3 {
+        if now <= seen {
+            return 0;
+        }
+        // SAFETY: as above.
+        let (previous, swapped) = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                mark, seen, now,
+            )
+        };
+        if swapped {
+            return now - seen;
+        }
+        seen = previous;
+    }
+    0
+}
+
+/// bpf_ringbuf_output flag (include/uapi/linux/bpf.h): wake the reader
+/// only when it has caught up, so a burst costs one wake-up.
+const BPF_RB_ADAPTIVE_WAKEUP: u64 = 0;
+
+/// Tells userspace about a task event; a full ring is counted.
+#[inline(always)]
+pub fn emit(event: &TaskEvent) {
+    if TASK_EVENTS
+        .output::<TaskEvent>(event, BPF_RB_ADAPTIVE_WAKEUP)
+        .is_err()
+    {
+        count_loss(|stats| &mut stats.event_drops);
+    }
+}
+
+/// An event about a slot and a process, without a task id.
+#[inline(always)]
+pub fn event(kind: u32, slot: u32, generation: u32, tgid: u32) -> TaskEvent {
+    TaskEvent {
+        kind,
+        slot,
+        generation,
+        tgid,
+        task_id: [0; DISCOVERY_ID_BYTES],
+    }
 }

@@ -1,25 +1,30 @@
 //! The sampling engine: every task, each on its own interval, from one loop
-//! whose cost grows with the number of tracked tasks, not with the number
-//! of processes on the host (the kernel lists each task's processes).
+//! whose cost per round is constant in the number of tasks and processes:
+//! one sample of the backend (one kernel pass) serves every task due.
 //!
-//! Each round: refresh the backend, start the tasks whose process appeared,
-//! look at the tasks the backend says may have ended, sample the tasks that
-//! are due, and send a final message for every task whose last thread is
-//! gone.
+//! Each round: refresh the backend, take the tasks whose process appeared
+//! (or whose module exec'd before it was announced), expire what waited
+//! too long, look at the tasks the backend says may have ended, sample
+//! once if any task is due, and send a final message for every task whose
+//! last thread is gone.
+//!
+//! Due times lie on a grid (multiples of each task's interval from the
+//! engine's start), so that tasks of the same interval, and tasks whose
+//! intervals divide each other, share their rounds.
 //!
 //! A task normally owns a backend slot. Tasks that run inside the proplet
 //! process itself (Propeller's in-process runtime) share the slot of that
 //! process and report what it consumed since they started.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     time::{Duration, Instant, SystemTime},
 };
 
 use crate::{
-    collect::{Backend, SpawnError, TaskTotals},
+    collect::{AlreadyMember, Backend, ProcessSample, SlotRole, SpawnError, TaskTotals},
     export::{Outgoing, Sink},
-    message::Source,
+    message::{EndReason, Source},
     profiles::{MonitoringProfile, Preset},
     tasks::{Observation, SlotAllocator, Task, TaskSpec},
 };
@@ -30,6 +35,14 @@ use crate::{
 const UNREAPED_GRACE: Duration = Duration::from_secs(1);
 /// What in-process tasks report when attributed to the proplet process.
 pub const PROPLET_PROCESS_ATTRIBUTION: &str = "proplet-process";
+/// How long a module process that exec'd before its start message is
+/// kept for its task (its figures count from its exec meanwhile).
+pub const PROVISIONAL_HOLD: Duration = Duration::from_secs(10);
+/// Provisional slots kept ready in the kernel (module execs that may come
+/// before their start message, at once).
+const PROVISIONAL_POOL: usize = 8;
+/// How often an ending task is looked at until its threads are released.
+const ENDING_POLL: Duration = Duration::from_millis(20);
 
 pub struct Engine {
     backend: Box<dyn Backend>,
@@ -40,14 +53,32 @@ pub struct Engine {
     next_key: u64,
     /// The slot tracking the proplet process, shared by in-process tasks.
     proplet_slot: Option<SharedSlot>,
+    /// Module processes that exec'd before their task was announced.
+    provisional: HashMap<String, Provisional>,
+    /// Provisional slots handed to the backend and not used yet.
+    pooled: usize,
+    /// Whether provisional roots are kept (Propeller mode).
+    keep_provisional: bool,
+    /// A task whose process has not appeared after this long ends.
+    discovery_timeout: Option<Duration>,
     host_memory_bytes: u64,
-    /// How often rounds run when no task is due, to notice ended tasks.
+    /// How often rounds run when no task is due and the backend cannot
+    /// wake us, to notice ended tasks.
     poll_period: Duration,
+    /// Origin of the due-time grid.
+    origin: Instant,
+    /// The registry changed since it was last saved.
+    changed: bool,
 }
 
 struct SharedSlot {
     slot: u32,
     pid: u32,
+}
+
+struct Provisional {
+    slot: u32,
+    since: Instant,
 }
 
 /// A task that sent its final message.
@@ -71,9 +102,20 @@ impl Engine {
             tasks: BTreeMap::new(),
             next_key: 0,
             proplet_slot: None,
+            provisional: HashMap::new(),
+            pooled: 0,
+            keep_provisional: false,
+            discovery_timeout: None,
             host_memory_bytes: crate::collect::host_memory_bytes(),
             poll_period,
+            origin: Instant::now(),
+            changed: false,
         }
+    }
+
+    /// Whether the registry changed since the last call (for saving it).
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
     }
 
     pub fn source(&self) -> Source {
@@ -88,16 +130,38 @@ impl Engine {
         self.sink.as_mut()
     }
 
+    /// The backend's readiness fd, if it can wake the loop on events.
+    pub fn event_fd(&self) -> Option<i32> {
+        self.backend.event_fd()
+    }
+
+    /// Propeller mode: tasks are found by exec discovery, module processes
+    /// that exec before their start message are kept for a while, and
+    /// tasks whose process never comes end after `timeout`.
+    pub fn enable_discovery(
+        &mut self,
+        require_lineage: bool,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        self.backend.enable_discovery(require_lineage)?;
+        self.discovery_timeout = Some(timeout);
+        self.keep_provisional = true;
+        self.refill_provisional_pool();
+        Ok(())
+    }
+
     /// Starts `command` as a new task.
     pub fn spawn(
         &mut self,
         spec: TaskSpec,
         command: &mut tokio::process::Command,
     ) -> Result<(u32, tokio::process::Child), SpawnError> {
-        let slot = self.reserve(&spec.profile)?;
+        let slot = self.reserve(&spec.profile, SlotRole::Task)?;
         match self.backend.spawn(slot, command) {
             Ok(child) => {
-                self.insert(Task::new(spec, slot, Instant::now()));
+                let now = Instant::now();
+                let next_due = self.next_due(now, Some(&spec.profile));
+                self.insert(Task::new(spec, slot, now, next_due));
                 Ok((slot, child))
             }
             Err(err) => {
@@ -109,19 +173,63 @@ impl Engine {
 
     /// Starts monitoring the running process `pid` and its descendants.
     pub fn attach(&mut self, spec: TaskSpec, pid: u32) -> anyhow::Result<u32> {
-        let slot = self.reserve(&spec.profile)?;
+        let slot = self.reserve(&spec.profile, SlotRole::Task)?;
         if let Err(err) = self.backend.attach(slot, pid) {
             self.unreserve(slot);
-            return Err(err);
+            return Err(self.explain(err));
         }
-        self.insert(Task::new(spec, slot, Instant::now()));
+        let now = Instant::now();
+        let next_due = self.next_due(now, Some(&spec.profile));
+        self.insert(Task::new(spec, slot, now, next_due));
         Ok(slot)
     }
 
+    /// Names the task a process already belongs to.
+    fn explain(&self, err: anyhow::Error) -> anyhow::Error {
+        let Some(owned) = err.downcast_ref::<AlreadyMember>() else {
+            return err;
+        };
+        let owner = self
+            .tasks
+            .values()
+            .find(|task| task.slot == owned.slot)
+            .map(|task| task.spec.task_id.clone());
+        match owner {
+            Some(task_id) => anyhow::anyhow!(
+                "PID {} already belongs to task {task_id}: a process belongs to one task \
+                 (stop that task first, or attach an ancestor to include it in one)",
+                owned.pid
+            ),
+            None if self
+                .proplet_slot
+                .as_ref()
+                .is_some_and(|p| p.slot == owned.slot) =>
+            {
+                anyhow::anyhow!("PID {} is the proplet process", owned.pid)
+            }
+            None => err,
+        }
+    }
+
     /// Registers a task whose root process will be found at exec, by its
-    /// module path (`proplet_<task_id>.wasm` in argv).
+    /// module path (`proplet_<task_id>.wasm` in argv). A module process
+    /// that exec'd before (kept provisionally) becomes its root at once.
     pub fn discover(&mut self, spec: TaskSpec) -> anyhow::Result<u32> {
-        let slot = self.reserve(&spec.profile)?;
+        if let Some(provisional) = self.provisional.remove(&spec.task_id) {
+            self.backend.end_provisional(&spec.task_id);
+            tracing::info!(
+                "task {}: its process exec'd {:.1?} before the start message",
+                spec.task_id,
+                provisional.since.elapsed()
+            );
+            let next_due = self.next_due(Instant::now(), Some(&spec.profile));
+            let mut task = Task::awaiting(spec, provisional.slot, provisional.since);
+            task.discovered(provisional.since, next_due);
+            let slot = task.slot;
+            self.insert(task);
+            return Ok(slot);
+        }
+        let slot = self.reserve(&spec.profile, SlotRole::Task)?;
         if let Err(err) = self.backend.discover(slot, &spec.task_id) {
             self.unreserve(slot);
             return Err(err);
@@ -130,38 +238,52 @@ impl Engine {
         Ok(slot)
     }
 
-    /// Reports a task through the proplet process `pid`, in which it runs
-    /// (Propeller's in-process runtime): the figures are what that process
-    /// consumed since now, flagged `"attribution":"proplet-process"`.
-    pub fn attribute_to_proplet(&mut self, mut spec: TaskSpec, pid: u32) -> anyhow::Result<()> {
-        let slot = self.proplet_slot(pid)?;
-        let baseline = self.backend.totals(slot)?;
-        spec.attribution = Some(PROPLET_PROCESS_ATTRIBUTION.to_owned());
-        let mut task = Task::new(spec, slot, Instant::now());
-        task.set_baseline(baseline);
-        self.insert(task);
+    /// Attaches the proplet process, whose slot in-process tasks share and
+    /// whose descendants exec discovery accepts.
+    pub fn attach_proplet(&mut self, pid: u32) -> anyhow::Result<()> {
+        if let Some(shared) = &self.proplet_slot {
+            if shared.pid == pid {
+                return Ok(());
+            }
+            // The proplet restarted: its old threads are strangers now.
+            let old = shared.slot;
+            if !self.tasks.values().any(|task| task.slot == old) {
+                self.unreserve(old);
+            }
+            self.proplet_slot = None;
+        }
+        let slot = self.reserve(&Preset::Intensive.profile(), SlotRole::Proplet)?;
+        if let Err(err) = self.backend.attach(slot, pid) {
+            self.unreserve(slot);
+            return Err(self
+                .explain(err)
+                .context(format!("attaching the proplet process {pid}")));
+        }
+        self.proplet_slot = Some(SharedSlot { slot, pid });
         Ok(())
     }
 
-    /// The shared slot of the proplet process, attached on first use.
-    fn proplet_slot(&mut self, pid: u32) -> anyhow::Result<u32> {
-        if let Some(shared) = &self.proplet_slot {
-            anyhow::ensure!(
-                shared.pid == pid,
-                "in-process tasks are already attributed to PID {}",
-                shared.pid
-            );
-            return Ok(shared.slot);
-        }
-        // Everything is collected for the shared slot; each task's profile
-        // decides what its messages show.
-        let slot = self.reserve(&Preset::Intensive.profile())?;
-        if let Err(err) = self.backend.attach(slot, pid) {
-            self.unreserve(slot);
-            return Err(err.context(format!("attaching the proplet process {pid}")));
-        }
-        self.proplet_slot = Some(SharedSlot { slot, pid });
-        Ok(slot)
+    /// The PID of the attached proplet process.
+    pub fn proplet_pid(&self) -> Option<u32> {
+        self.proplet_slot.as_ref().map(|shared| shared.pid)
+    }
+
+    /// Reports a task through the proplet process, in which it runs
+    /// (Propeller's in-process runtime): the figures are what that process
+    /// consumed since now, flagged `"attribution":"proplet-process"`.
+    pub fn attribute_to_proplet(&mut self, mut spec: TaskSpec, pid: u32) -> anyhow::Result<()> {
+        self.attach_proplet(pid)?;
+        let slot = self.proplet_slot.as_ref().map(|shared| shared.slot);
+        let slot = slot.ok_or_else(|| anyhow::anyhow!("the proplet process is not attached"))?;
+        self.backend.sample()?;
+        let baseline = self.backend.totals(slot)?;
+        spec.attribution = Some(PROPLET_PROCESS_ATTRIBUTION.to_owned());
+        let now = Instant::now();
+        let next_due = self.next_due(now, Some(&spec.profile));
+        let mut task = Task::new(spec, slot, now, next_due);
+        task.set_baseline(baseline);
+        self.insert(task);
+        Ok(())
     }
 
     /// Forgets a task whose process never appeared, without a message;
@@ -178,21 +300,23 @@ impl Engine {
     }
 
     /// Ends a task now (Propeller's stop): its final message, then it is
-    /// forgotten. `None` if no such task.
+    /// forgotten and its processes are no longer charged to anyone.
+    /// `None` if no such task.
     pub fn stop(&mut self, task_id: &str) -> Option<Ended> {
         let key = self.key_of(task_id)?;
         self.backend.forget_discovery(task_id);
-        self.finish_key(key)
+        self.finish_keys(vec![key], EndReason::Stopped).pop()
     }
 
     fn insert(&mut self, task: Task) {
         self.tasks.insert(self.next_key, task);
         self.next_key += 1;
+        self.changed = true;
     }
 
-    fn reserve(&mut self, profile: &MonitoringProfile) -> anyhow::Result<u32> {
+    fn reserve(&mut self, profile: &MonitoringProfile, role: SlotRole) -> anyhow::Result<u32> {
         let slot = self.slots.allocate()?;
-        if let Err(err) = self.backend.prepare(slot, profile) {
+        if let Err(err) = self.backend.prepare(slot, profile, role) {
             self.slots.free(slot);
             return Err(err);
         }
@@ -202,11 +326,31 @@ impl Engine {
     fn unreserve(&mut self, slot: u32) {
         self.backend.release(slot);
         self.slots.free(slot);
+        self.changed = true;
+    }
+
+    /// The first due time of a task starting at `now`: the next point of
+    /// its interval's grid.
+    fn next_due(&self, now: Instant, profile: Option<&MonitoringProfile>) -> Instant {
+        let interval = profile.map_or(Duration::from_secs(1), |p| p.interval);
+        grid_after(self.origin, interval, now)
     }
 
     /// When the next round should run.
     pub fn next_wakeup(&self, now: Instant) -> Instant {
-        let poll = now + self.poll_period;
+        let ending = self
+            .tasks
+            .values()
+            .any(|task| task.processes_gone_since.is_some() || task.ending);
+        let poll = if ending {
+            now + ENDING_POLL
+        } else if self.backend.event_fd().is_some() {
+            // Events wake the loop; the clock only for due tasks, waiting
+            // tasks and provisional roots.
+            now + Duration::from_secs(1)
+        } else {
+            now + self.poll_period
+        };
         self.tasks
             .values()
             .filter(|task| !task.awaiting_discovery)
@@ -221,15 +365,26 @@ impl Engine {
         for task in self.tasks.values_mut() {
             if events.discovered.contains(&task.slot) && task.awaiting_discovery {
                 tracing::info!("task {}: its process appeared", task.spec.task_id);
-                task.discovered(now);
+                let next_due = grid_after(self.origin, task.spec.profile.interval, now);
+                task.discovered(now, next_due);
             }
         }
+        for (task_id, slot) in events.provisional {
+            self.on_provisional(task_id, slot, now);
+        }
+        self.expire_provisional(now);
+        let mut ended = self.expire_awaiting(now);
         let hinted: BTreeSet<u32> = events.maybe_ended.into_iter().collect();
+        for task in self.tasks.values_mut() {
+            if hinted.contains(&task.slot) {
+                task.ending = true;
+            }
+        }
         let watched: BTreeSet<u32> = self
             .tasks
             .values()
             .filter(|task| !task.awaiting_discovery)
-            .filter(|task| hinted.contains(&task.slot) || task.processes_gone_since.is_some())
+            .filter(|task| task.ending || task.processes_gone_since.is_some())
             .map(|task| task.slot)
             .collect();
         let ended_slots: BTreeSet<u32> = watched
@@ -244,18 +399,13 @@ impl Engine {
             .map(|(key, _)| *key)
             .collect();
         if !due.is_empty() {
-            let mut processes = self.backend.processes();
+            self.sample();
             for key in due {
-                let Some(slot) = self.tasks.get(&key).map(|task| task.slot) else {
-                    continue;
-                };
-                let pids = processes.get(&slot).cloned().unwrap_or_default();
-                self.emit(key, &pids, false);
+                self.emit(key, None);
                 if let Some(task) = self.tasks.get_mut(&key) {
-                    task.schedule_after(now);
+                    task.schedule_after(self.origin, now);
                 }
             }
-            processes.clear();
         }
         if let Some(losses) = self.backend.new_losses() {
             tracing::warn!("{losses}");
@@ -266,7 +416,112 @@ impl Engine {
             .filter(|(_, task)| ended_slots.contains(&task.slot))
             .map(|(key, _)| *key)
             .collect();
-        self.finish_keys(ended_keys)
+        ended.extend(self.finish_keys(ended_keys, EndReason::Exited));
+        ended
+    }
+
+    fn sample(&mut self) {
+        if let Err(err) = self.backend.sample() {
+            tracing::warn!("{err:#}");
+        }
+    }
+
+    /// A module process exec'd: its task was announced already (the start
+    /// message raced the exec) or it waits for it.
+    fn on_provisional(&mut self, task_id: String, slot: u32, now: Instant) {
+        self.pooled = self.pooled.saturating_sub(1);
+        self.refill_provisional_pool();
+        let waiting = self
+            .key_of(&task_id)
+            .filter(|key| self.tasks.get(key).is_some_and(|t| t.awaiting_discovery));
+        if let Some(key) = waiting {
+            // The task takes the slot that counted its process.
+            self.backend.end_provisional(&task_id);
+            self.backend.forget_discovery(&task_id);
+            let next_due = self
+                .tasks
+                .get(&key)
+                .map(|task| grid_after(self.origin, task.spec.profile.interval, now));
+            if let (Some(task), Some(next_due)) = (self.tasks.get_mut(&key), next_due) {
+                let reserved = std::mem::replace(&mut task.slot, slot);
+                task.discovered(now, next_due);
+                tracing::info!("task {task_id}: its process appeared");
+                self.unreserve(reserved);
+            }
+            return;
+        }
+        if self.has_task(&task_id) {
+            // A second process with the module of a running task.
+            self.backend.end_provisional(&task_id);
+            self.unreserve(slot);
+            return;
+        }
+        tracing::info!(
+            "a module process for task {task_id:?} appeared before its start message; \
+             kept for {PROVISIONAL_HOLD:?}"
+        );
+        self.provisional
+            .insert(task_id, Provisional { slot, since: now });
+        self.changed = true;
+    }
+
+    /// Forgets module processes whose task was never announced.
+    fn expire_provisional(&mut self, now: Instant) {
+        let expired: Vec<String> = self
+            .provisional
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.since) > PROVISIONAL_HOLD)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for task_id in expired {
+            if let Some(provisional) = self.provisional.remove(&task_id) {
+                tracing::info!(
+                    "no start message for the module process of task {task_id:?} within \
+                     {PROVISIONAL_HOLD:?}: not monitored"
+                );
+                self.backend.end_provisional(&task_id);
+                self.unreserve(provisional.slot);
+            }
+        }
+    }
+
+    /// Keeps the kernel's pool of provisional slots full.
+    fn refill_provisional_pool(&mut self) {
+        while self.keep_provisional && self.pooled < PROVISIONAL_POOL {
+            let Ok(slot) = self.slots.allocate() else {
+                return;
+            };
+            if let Err(err) = self.backend.add_provisional_slot(slot) {
+                tracing::debug!("no provisional slots: {err:#}");
+                self.slots.free(slot);
+                self.keep_provisional = false;
+                return;
+            }
+            self.pooled += 1;
+        }
+    }
+
+    /// Ends the tasks whose process did not appear in time.
+    fn expire_awaiting(&mut self, now: Instant) -> Vec<Ended> {
+        let Some(timeout) = self.discovery_timeout else {
+            return Vec::new();
+        };
+        let expired: Vec<u64> = self
+            .tasks
+            .iter()
+            .filter(|(_, task)| task.awaiting_discovery && task.waiting_since(now) > timeout)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in &expired {
+            if let Some(task) = self.tasks.get(key) {
+                tracing::warn!(
+                    "task {}: no process exec'd its module within {timeout:?}; ending it",
+                    task.spec.task_id
+                );
+                self.backend.forget_discovery(&task.spec.task_id.clone());
+            }
+        }
+        self.finish_keys(expired, EndReason::NotFound)
     }
 
     /// Whether a slot's last thread is gone (or its processes all exited
@@ -283,6 +538,7 @@ impl Engine {
         for task in self.tasks.values_mut().filter(|task| task.slot == slot) {
             if ended || totals.live_processes > 0 {
                 task.processes_gone_since = None;
+                task.ending = totals.live_processes == 0;
                 continue;
             }
             let since = *task.processes_gone_since.get_or_insert(now);
@@ -298,47 +554,34 @@ impl Engine {
     }
 
     /// Sends the final message of a task and forgets it.
-    pub fn finish(&mut self, slot: u32) -> Option<Ended> {
+    pub fn finish(&mut self, slot: u32, reason: EndReason) -> Option<Ended> {
         let key = self
             .tasks
             .iter()
             .find(|(_, task)| task.slot == slot)
             .map(|(key, _)| *key)?;
-        self.finish_key(key)
+        self.finish_keys(vec![key], reason).pop()
     }
 
-    fn finish_key(&mut self, key: u64) -> Option<Ended> {
-        self.finish_keys(vec![key]).pop()
-    }
-
-    /// Final messages of several tasks, listing the tracked processes once
-    /// for all of them (a walk of the whole kernel map).
-    fn finish_keys(&mut self, keys: Vec<u64>) -> Vec<Ended> {
+    /// Final messages of several tasks, from one sample.
+    fn finish_keys(&mut self, keys: Vec<u64>, reason: EndReason) -> Vec<Ended> {
         if keys.is_empty() {
             return Vec::new();
         }
-        let processes = self.backend.processes();
+        self.sample();
         keys.into_iter()
-            .filter_map(|key| {
-                let slot = self.tasks.get(&key)?.slot;
-                let pids = processes.get(&slot).map(Vec::as_slice).unwrap_or_default();
-                self.release_after_final(key, pids)
-            })
+            .filter_map(|key| self.release_after_final(key, reason))
             .collect()
     }
 
-    fn release_after_final(&mut self, key: u64, pids: &[u32]) -> Option<Ended> {
+    fn release_after_final(&mut self, key: u64, reason: EndReason) -> Option<Ended> {
         let slot = self.tasks.get(&key)?.slot;
-        self.emit(key, pids, true);
+        self.emit(key, Some(reason));
         let task = self.tasks.remove(&key)?;
         let shared = self.proplet_slot.as_ref().is_some_and(|s| s.slot == slot);
         let still_used = self.tasks.values().any(|other| other.slot == slot);
-        if !still_used {
-            if shared {
-                self.proplet_slot = None;
-            }
-            self.backend.release(slot);
-            self.slots.free(slot);
+        if !still_used && !shared {
+            self.unreserve(slot);
         }
         Some(Ended {
             slot,
@@ -346,10 +589,10 @@ impl Engine {
         })
     }
 
-    /// Final messages for every task (the agent is stopping).
+    /// Final messages for every task (the agent is stopping for good).
     pub fn finish_all(&mut self) -> Vec<Ended> {
         let keys: Vec<u64> = self.tasks.keys().copied().collect();
-        self.finish_keys(keys)
+        self.finish_keys(keys, EndReason::AgentStopped)
     }
 
     /// Whether a task with this id is monitored.
@@ -371,7 +614,147 @@ impl Engine {
             .map(|(key, _)| *key)
     }
 
-    fn emit(&mut self, key: u64, pids: &[u32], is_final: bool) {
+    /// What a restarted agent needs to take up the tasks.
+    #[cfg(unix)]
+    pub fn registry(&self) -> crate::state::Registry {
+        use crate::state::{Registry, SavedProvisional, SavedSlot, SavedTask};
+        let generation = |slot| self.backend.live_generation(slot).unwrap_or(0);
+        let now = (Instant::now(), SystemTime::now());
+        Registry {
+            version: 0,
+            tasks: self
+                .tasks
+                .values()
+                .map(|task| SavedTask {
+                    task_id: task.spec.task_id.clone(),
+                    proplet_id: task.spec.proplet_id.clone(),
+                    profile: profile_value(&task.spec.profile),
+                    attribution: task.spec.attribution.clone(),
+                    slot: task.slot,
+                    generation: generation(task.slot),
+                    awaiting_discovery: task.awaiting_discovery,
+                    started_unix_ms: unix_ms(now, task.started()),
+                    seq: task.seq(),
+                    baseline: task.baseline(),
+                })
+                .collect(),
+            proplet: self.proplet_slot.as_ref().map(|shared| SavedSlot {
+                slot: shared.slot,
+                generation: generation(shared.slot),
+                pid: shared.pid,
+            }),
+            provisional: self
+                .provisional
+                .iter()
+                .map(|(task_id, provisional)| SavedProvisional {
+                    task_id: task_id.clone(),
+                    slot: provisional.slot,
+                    generation: generation(provisional.slot),
+                })
+                .collect(),
+        }
+    }
+
+    /// Takes up the tasks a previous agent saved, those whose kernel state
+    /// is still there; returns how many.
+    #[cfg(unix)]
+    pub fn restore(&mut self, registry: crate::state::Registry) -> usize {
+        for slot in self.backend.drain_provisional_pool() {
+            self.slots.take(slot);
+            self.unreserve(slot);
+        }
+        let live = |backend: &dyn Backend, slot: u32, generation: u32| {
+            backend.live_generation(slot) == Some(generation)
+        };
+        if let Some(saved) = registry.proplet
+            && live(self.backend.as_ref(), saved.slot, saved.generation)
+        {
+            self.slots.take(saved.slot);
+            self.backend.adopt_slot(saved.slot);
+            self.proplet_slot = Some(SharedSlot {
+                slot: saved.slot,
+                pid: saved.pid,
+            });
+        }
+        for saved in registry.provisional {
+            if live(self.backend.as_ref(), saved.slot, saved.generation) {
+                self.slots.take(saved.slot);
+                self.backend.adopt_slot(saved.slot);
+                let since = Instant::now();
+                let slot = saved.slot;
+                self.provisional
+                    .insert(saved.task_id, Provisional { slot, since });
+            }
+        }
+        self.sample();
+        let mut restored = 0;
+        for saved in registry.tasks {
+            if !live(self.backend.as_ref(), saved.slot, saved.generation) {
+                tracing::warn!(
+                    "task {}: its kernel state is gone (the machine restarted?); not resumed",
+                    saved.task_id
+                );
+                continue;
+            }
+            match self.resume(saved) {
+                Ok(()) => restored += 1,
+                Err(err) => tracing::warn!("{err:#}"),
+            }
+        }
+        self.refill_provisional_pool();
+        self.changed = true;
+        restored
+    }
+
+    #[cfg(unix)]
+    fn resume(&mut self, saved: crate::state::SavedTask) -> anyhow::Result<()> {
+        let profile = crate::profiles::parse_profile_value(&saved.profile)
+            .map_err(|err| anyhow::anyhow!("task {}: saved profile: {err}", saved.task_id))?;
+        let shared = self
+            .proplet_slot
+            .as_ref()
+            .is_some_and(|s| s.slot == saved.slot);
+        if !shared {
+            self.slots.take(saved.slot);
+            self.backend.adopt_slot(saved.slot);
+        }
+        if saved.awaiting_discovery {
+            self.backend.discover(saved.slot, &saved.task_id)?;
+        }
+        let now = Instant::now();
+        let [seq, cpu_ns, sampled_at] = self.backend.user_words(saved.slot);
+        let mut previous = (now, self.backend.totals(saved.slot)?);
+        let mut last_seq = saved.seq;
+        if !shared && seq >= saved.seq && sampled_at > 0 {
+            last_seq = seq;
+            let ago = Duration::from_nanos(boottime_ns().saturating_sub(sampled_at));
+            previous.0 = now.checked_sub(ago).unwrap_or(now);
+            previous.1.cpu_ns = cpu_ns;
+        }
+        let ago = unix_ms((now, SystemTime::now()), now).saturating_sub(saved.started_unix_ms);
+        let started = now.checked_sub(Duration::from_millis(ago)).unwrap_or(now);
+        let spec = TaskSpec {
+            task_id: saved.task_id,
+            proplet_id: saved.proplet_id,
+            profile,
+            attribution: saved.attribution,
+        };
+        let next_due = grid_after(self.origin, spec.profile.interval, now);
+        self.insert(Task::resume(crate::tasks::Resumed {
+            spec,
+            slot: saved.slot,
+            started,
+            seq: last_seq,
+            previous,
+            awaiting_discovery: saved.awaiting_discovery,
+            baseline: saved.baseline,
+            next_due,
+        }));
+        Ok(())
+    }
+
+    /// Sends a task's message from the last sample; `end` makes it final.
+    fn emit(&mut self, key: u64, end: Option<EndReason>) {
         let Some(slot) = self.tasks.get(&key).map(|task| task.slot) else {
             return;
         };
@@ -382,10 +765,10 @@ impl Engine {
                 TaskTotals::default()
             }
         };
-        let processes = if is_final && totals.live_processes == 0 {
-            Default::default()
+        let processes = if end.is_some() && totals.live_processes == 0 {
+            ProcessSample::default()
         } else {
-            self.backend.sample_processes(pids)
+            self.backend.processes(slot)
         };
         let source = self.backend.source();
         let Some(task) = self.tasks.get_mut(&key) else {
@@ -398,13 +781,64 @@ impl Engine {
             at: Instant::now(),
             wall: SystemTime::now(),
         };
-        let message = task.next_message(&observation, source, is_final);
+        let message = task.next_message(&observation, source, end);
         let export = task.spec.profile.export_to_mqtt;
+        let shared = self.proplet_slot.as_ref().is_some_and(|s| s.slot == slot);
+        if shared {
+            self.changed = true; // its number is kept in the registry only
+        } else {
+            let words = [task.seq(), task.last_cpu_ns(), boottime_ns()];
+            self.backend.set_user_words(slot, words);
+        }
         self.sink.send(&Outgoing::Task {
             message: Box::new(message),
             export,
         });
     }
+}
+
+/// A profile as the JSON a start message would carry.
+#[cfg(unix)]
+fn profile_value(profile: &MonitoringProfile) -> serde_json::Value {
+    let mut value = serde_json::to_value(profile).unwrap_or_default();
+    value["interval"] = format!("{}ms", profile.interval.as_millis()).into();
+    value
+}
+
+/// The wall-clock time of `at`, in ms since the Unix epoch, given the
+/// pair `now` of the monotonic and wall clocks.
+#[cfg(unix)]
+fn unix_ms(now: (Instant, SystemTime), at: Instant) -> u64 {
+    let wall = now.1 - now.0.saturating_duration_since(at);
+    wall.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Nanoseconds since boot, suspend included (CLOCK_BOOTTIME): comparable
+/// across agent restarts.
+fn boottime_ns() -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        let mut time = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: plain syscall on a valid struct.
+        if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut time) } == 0 {
+            return time.tv_sec as u64 * 1_000_000_000 + time.tv_nsec as u64;
+        }
+    }
+    0
+}
+
+/// The first point of the grid `origin + k * interval` after `now`.
+pub fn grid_after(origin: Instant, interval: Duration, now: Instant) -> Instant {
+    let interval_ns = interval.as_nanos().max(1);
+    let elapsed = now.saturating_duration_since(origin).as_nanos();
+    let steps = elapsed / interval_ns + 1;
+    let offset = interval_ns.saturating_mul(steps);
+    origin + Duration::from_nanos(u64::try_from(offset).unwrap_or(u64::MAX))
 }
 
 /// Makes a [`TaskSpec`], checking the task id.
@@ -422,4 +856,22 @@ pub fn task_spec(
         profile,
         attribution: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn due_times_share_a_grid() {
+        let origin = Instant::now();
+        let at = |ms| origin + Duration::from_millis(ms);
+        let second = Duration::from_secs(1);
+        assert_eq!(grid_after(origin, second, at(0)), at(1000));
+        assert_eq!(grid_after(origin, second, at(1)), at(1000));
+        assert_eq!(grid_after(origin, second, at(1000)), at(2000));
+        assert_eq!(grid_after(origin, second, at(2500)), at(3000));
+        // A 10 s task started at 2.5 s is due with the 1 s tasks at 10 s.
+        assert_eq!(grid_after(origin, 10 * second, at(2500)), at(10_000));
+    }
 }

@@ -7,6 +7,7 @@
 //! - `collect`: where the numbers come from (`ebpf` in the kernel, `procfs`).
 //! - `message`: the JSON messages we emit, field for field; `export` sends them.
 //! - `proplet`: the agent's own metrics; `propeller`: the Manager's control messages.
+//! - `state`: the task registry a restarted agent resumes from.
 //! - `cli`: one module per subcommand.
 
 pub mod cli;
@@ -19,4 +20,6 @@ pub mod message;
 pub mod profiles;
 pub mod propeller;
 pub mod proplet;
+#[cfg(unix)]
+pub mod state;
 pub mod tasks;

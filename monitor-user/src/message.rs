@@ -40,6 +40,9 @@ pub struct TaskMetricsMessage {
     /// `true` on the last message of a task, which carries its final totals.
     #[serde(rename = "final")]
     pub is_final: bool,
+    /// Why the task ended (final messages only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<EndReason>,
     /// How the figures were attributed when not to the task's own processes
     /// (`"proplet-process"`: the task runs inside the proplet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -101,19 +104,37 @@ impl Details {
     }
 }
 
-/// Where a task's disk bytes come from (cumulative bytes).
+/// The rest of `/proc/<pid>/io`, summed over the task (cumulative; the
+/// names are the kernel's).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskDetails {
-    /// Page-cache bytes the task dirtied (buffered writes, shared mmap).
-    pub page_cache_write_bytes: u64,
-    /// Direct-I/O (O_DIRECT) bytes the task wrote.
-    /// `disk_write_bytes` = `page_cache_write_bytes` + `direct_write_bytes`.
-    pub direct_write_bytes: u64,
-    /// Write bytes the task submitted to devices in its own context: its
-    /// direct I/O plus the writeback it ran itself (`fsync`, `sync`).
-    pub submitted_write_bytes: u64,
     /// Dirty page-cache bytes dropped (truncated) before writeback.
     pub cancelled_write_bytes: u64,
+    /// Bytes passed to read-like system calls, page-cache hits included.
+    pub rchar: u64,
+    /// Bytes passed to write-like system calls.
+    pub wchar: u64,
+    /// Read-like system calls.
+    pub syscr: u64,
+    /// Write-like system calls.
+    pub syscw: u64,
+}
+
+/// Why a task ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndReason {
+    /// Its last process exited (and its threads were released).
+    Exited,
+    /// The Propeller Manager stopped it; its processes are no longer
+    /// counted, even if they run on.
+    Stopped,
+    /// No process exec'd its module within the discovery timeout.
+    NotFound,
+    /// The agent stopped for good (without keeping state).
+    AgentStopped,
+    /// `propmon run` stopped tracking a command that outlived its signal.
+    Abandoned,
 }
 
 /// Socket payload bytes by protocol (cumulative).
@@ -266,6 +287,7 @@ mod tests {
             source: Source::Ebpf,
             seq: 7,
             is_final: false,
+            end_reason: None,
             attribution: None,
         }
     }
@@ -317,9 +339,11 @@ mod tests {
     fn round_trips() {
         let mut message = sample_message();
         message.details.disk = Some(DiskDetails {
-            direct_write_bytes: 4096,
+            rchar: 4096,
             ..Default::default()
         });
+        message.is_final = true;
+        message.end_reason = Some(EndReason::NotFound);
         let line = serde_json::to_string(&message).unwrap();
         assert!(!line.contains('\n'));
         let back: TaskMetricsMessage = serde_json::from_str(&line).unwrap();

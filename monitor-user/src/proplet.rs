@@ -85,7 +85,7 @@ impl PropletReporter {
     fn own_rss_bytes(&mut self) -> u64 {
         #[cfg(target_os = "linux")]
         {
-            crate::collect::procfs::sample_processes([std::process::id()]).memory_bytes
+            crate::collect::procfs::own_rss_bytes()
         }
         #[cfg(not(target_os = "linux"))]
         {

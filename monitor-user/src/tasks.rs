@@ -1,15 +1,18 @@
 //! Monitored tasks: identity, profile, kernel slot, sampling state, history.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant, SystemTime},
+};
 
 use monitor_common::NetBucket;
 
 use crate::{
-    collect::{DiskBreakdown, NetTotals, ProcessSample, TaskTotals},
+    collect::{self, NetTotals, ProcessSample, TaskTotals},
     history::{History, Sample},
     message::{
-        self, Details, DiskDetails, NetworkDetails, Source, TaskMetrics, TaskMetricsMessage,
-        Traffic,
+        self, Details, DiskDetails, EndReason, NetworkDetails, Source, TaskMetrics,
+        TaskMetricsMessage, Traffic,
     },
     profiles::MonitoringProfile,
 };
@@ -43,8 +46,27 @@ pub struct Task {
     pub processes_gone_since: Option<Instant>,
     /// Registered, but its process has not appeared yet (exec discovery).
     pub awaiting_discovery: bool,
+    /// A process of the task exited: look at it every round until its
+    /// threads are released or a process is alive again.
+    pub ending: bool,
     /// Totals of a shared slot when this task began (in-process tasks).
     baseline: Option<TaskTotals>,
+}
+
+/// A task as a previous agent left it.
+#[derive(Clone, Debug)]
+pub struct Resumed {
+    pub spec: TaskSpec,
+    pub slot: u32,
+    pub started: Instant,
+    pub seq: u64,
+    /// What the next message's rates and growths are computed from: the
+    /// last message's time and CPU total, and for the other figures their
+    /// totals at the resumption (the aggregates' window starts over).
+    pub previous: (Instant, TaskTotals),
+    pub awaiting_discovery: bool,
+    pub baseline: Option<TaskTotals>,
+    pub next_due: Instant,
 }
 
 /// Everything measured about a task at one instant.
@@ -58,9 +80,9 @@ pub struct Observation {
 }
 
 impl Task {
-    pub fn new(spec: TaskSpec, slot: u32, started: Instant) -> Self {
+    /// A task started at `started`, first due at `next_due`.
+    pub fn new(spec: TaskSpec, slot: u32, started: Instant, next_due: Instant) -> Self {
         let history = History::new(spec.profile.history_capacity());
-        let next_due = started + spec.profile.interval;
         Task {
             spec,
             slot,
@@ -71,6 +93,7 @@ impl Task {
             history,
             processes_gone_since: None,
             awaiting_discovery: false,
+            ending: false,
             baseline: None,
         }
     }
@@ -80,36 +103,72 @@ impl Task {
         self.baseline = Some(baseline);
     }
 
+    /// Takes up a task a previous agent monitored: its messages go on
+    /// numbering from where they were; its history starts over.
+    pub fn resume(resumed: Resumed) -> Self {
+        let mut task = Task::new(
+            resumed.spec,
+            resumed.slot,
+            resumed.started,
+            resumed.next_due,
+        );
+        task.seq = resumed.seq;
+        task.awaiting_discovery = resumed.awaiting_discovery;
+        task.baseline = resumed.baseline;
+        // The first look decides whether its processes are still alive.
+        task.ending = !resumed.awaiting_discovery;
+        task.previous = resumed.previous;
+        task
+    }
+
+    /// When the task started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Totals of the shared slot when the task began, if it shares one.
+    pub fn baseline(&self) -> Option<TaskTotals> {
+        self.baseline
+    }
+
+    /// The CPU total of the last message.
+    pub fn last_cpu_ns(&self) -> u64 {
+        self.previous.1.cpu_ns
+    }
+
     /// A task whose process is yet to appear: nothing is due until then.
     pub fn awaiting(spec: TaskSpec, slot: u32, now: Instant) -> Self {
-        let mut task = Task::new(spec, slot, now);
+        let mut task = Task::new(spec, slot, now, now);
         task.awaiting_discovery = true;
         task
     }
 
-    /// Its process appeared: the task's clock starts now.
-    pub fn discovered(&mut self, now: Instant) {
+    /// How long the task has been waiting for its process.
+    pub fn waiting_since(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started)
+    }
+
+    /// Its process appeared at `at`: the task's clock starts then.
+    pub fn discovered(&mut self, at: Instant, next_due: Instant) {
         self.awaiting_discovery = false;
-        self.started = now;
-        self.previous = (now, TaskTotals::default());
-        self.next_due = now + self.spec.profile.interval;
+        self.started = at;
+        self.previous = (at, TaskTotals::default());
+        self.next_due = next_due;
     }
 
-    /// Moves `next_due` past `now` by whole intervals (a late round skips
-    /// the missed ones rather than bursting).
-    pub fn schedule_after(&mut self, now: Instant) {
-        let interval = self.spec.profile.interval;
-        while self.next_due <= now {
-            self.next_due += interval;
-        }
+    /// Moves `next_due` to the first point of the task's grid after `now`
+    /// (a late round skips the missed ones rather than bursting).
+    pub fn schedule_after(&mut self, origin: Instant, now: Instant) {
+        self.next_due = crate::engine::grid_after(origin, self.spec.profile.interval, now);
     }
 
-    /// The task's next message, with uncollected or unknown figures omitted.
+    /// The task's next message, with uncollected or unknown figures
+    /// omitted; final (with its reason) when `end` is given.
     pub fn next_message(
         &mut self,
         observation: &Observation,
         source: Source,
-        is_final: bool,
+        end: Option<EndReason>,
     ) -> TaskMetricsMessage {
         let profile = &self.spec.profile;
         let (previous_at, previous) = self.previous;
@@ -161,12 +220,12 @@ impl Task {
             file_descriptor_count: processes
                 .file_descriptors
                 .filter(|_| profile.collect_file_descriptors),
-            process_count: totals.live_processes,
+            process_count: processes.processes,
             processes_started: totals.processes_started,
             timestamp: timestamp.clone(),
         };
         let details = Details {
-            disk: disk.and_then(|d| d.breakdown).map(disk_details),
+            disk: disk.and_then(|d| d.details).map(disk_details),
             network: net.map(|n| network_details(&n)),
         };
         TaskMetricsMessage {
@@ -178,18 +237,25 @@ impl Task {
             timestamp,
             source,
             seq: self.seq,
-            is_final,
+            is_final: end.is_some(),
+            end_reason: end,
             attribution: self.spec.attribution.clone(),
         }
     }
+
+    /// Messages sent so far (the last `seq`).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
 }
 
-fn disk_details(disk: DiskBreakdown) -> DiskDetails {
+fn disk_details(disk: collect::DiskDetails) -> DiskDetails {
     DiskDetails {
-        page_cache_write_bytes: disk.dirtied_bytes,
-        direct_write_bytes: disk.direct_write_bytes,
-        submitted_write_bytes: disk.submitted_write_bytes,
         cancelled_write_bytes: disk.cancelled_write_bytes,
+        rchar: disk.rchar,
+        wchar: disk.wchar,
+        syscr: disk.syscr,
+        syscw: disk.syscw,
     }
 }
 
@@ -210,12 +276,15 @@ fn uptime(started: Instant, now: Instant) -> Duration {
     now.saturating_duration_since(started)
 }
 
-/// Hands out task slots, reusing freed ones first.
+/// Hands out task slots. A freed slot is reused last and oldest first,
+/// so that a hook still finishing with a slot's previous task (the kernel
+/// forgets it at once, but a program may be mid-run) is long done.
 #[derive(Debug)]
 pub struct SlotAllocator {
     capacity: u32,
     next_unused: u32,
-    freed: Vec<u32>,
+    /// Freed slots, oldest first.
+    freed: VecDeque<u32>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -229,26 +298,32 @@ impl SlotAllocator {
         SlotAllocator {
             capacity,
             next_unused: 0,
-            freed: Vec::new(),
+            freed: VecDeque::new(),
         }
     }
 
     pub fn allocate(&mut self) -> Result<u32, SlotsExhausted> {
-        if let Some(slot) = self.freed.pop() {
-            return Ok(slot);
+        if self.next_unused < self.capacity {
+            self.next_unused += 1;
+            return Ok(self.next_unused - 1);
         }
-        if self.next_unused == self.capacity {
-            return Err(SlotsExhausted {
-                capacity: self.capacity,
-            });
-        }
-        self.next_unused += 1;
-        Ok(self.next_unused - 1)
+        self.freed.pop_front().ok_or(SlotsExhausted {
+            capacity: self.capacity,
+        })
     }
 
     pub fn free(&mut self, slot: u32) {
         debug_assert!(slot < self.next_unused && !self.freed.contains(&slot));
-        self.freed.push(slot);
+        self.freed.push_back(slot);
+    }
+
+    /// Marks `slot` as taken (a task resumed from a previous agent).
+    pub fn take(&mut self, slot: u32) {
+        while self.next_unused <= slot && self.next_unused < self.capacity {
+            self.freed.push_back(self.next_unused);
+            self.next_unused += 1;
+        }
+        self.freed.retain(|free| *free != slot);
     }
 }
 
@@ -264,7 +339,8 @@ mod tests {
             profile: preset.profile(),
             attribution: None,
         };
-        Task::new(spec, 3, started)
+        let next_due = started + spec.profile.interval;
+        Task::new(spec, 3, started, next_due)
     }
 
     fn totals(cpu_ns: u64, scale: u64) -> TaskTotals {
@@ -276,11 +352,12 @@ mod tests {
             disk: Some(DiskTotals {
                 read_bytes: 100 * scale,
                 write_bytes: 23 * scale,
-                breakdown: Some(DiskBreakdown {
-                    dirtied_bytes: 20 * scale,
-                    direct_write_bytes: 3 * scale,
-                    submitted_write_bytes: 7 * scale,
+                details: Some(collect::DiskDetails {
                     cancelled_write_bytes: scale,
+                    rchar: 500 * scale,
+                    wchar: 70 * scale,
+                    syscr: 9 * scale,
+                    syscw: 7 * scale,
                 }),
             }),
             net: Some(NetTotals {
@@ -313,7 +390,7 @@ mod tests {
         let first = task.next_message(
             &observation(at(1000), totals(900_000_000, 1)),
             Source::Ebpf,
-            false,
+            None,
         );
         assert_eq!(first.seq, 1);
         assert_eq!(first.metrics.cpu_percent, Some(90.0));
@@ -321,7 +398,7 @@ mod tests {
         let second = task.next_message(
             &observation(at(1500), totals(1_900_000_000, 1)),
             Source::Ebpf,
-            true,
+            Some(EndReason::Exited),
         );
         assert_eq!(second.seq, 2);
         assert!(second.is_final);
@@ -336,7 +413,7 @@ mod tests {
     fn disk_and_network_totals_follow_proc_io_and_exclude_unix() {
         let t0 = Instant::now();
         let mut task = task(Preset::Intensive, t0);
-        let message = task.next_message(&observation(t0, totals(0, 1)), Source::Ebpf, false);
+        let message = task.next_message(&observation(t0, totals(0, 1)), Source::Ebpf, None);
         assert_eq!(message.metrics.disk_read_bytes, Some(100));
         assert_eq!(message.metrics.disk_write_bytes, Some(23));
         assert_eq!(message.metrics.network_tx_bytes, Some(7));
@@ -346,7 +423,8 @@ mod tests {
         assert_eq!(network.other.rx_bytes, 40);
         let disk = message.details.disk.unwrap();
         assert_eq!(disk.cancelled_write_bytes, 1);
-        assert_eq!(disk.submitted_write_bytes, 7);
+        assert_eq!(disk.syscw, 7);
+        assert_eq!(disk.rchar, 500);
     }
 
     #[test]
@@ -357,13 +435,13 @@ mod tests {
             task.next_message(
                 &observation(t0 + Duration::from_secs(second), totals(0, scale)),
                 Source::Ebpf,
-                false,
+                None,
             );
         }
         let last = task.next_message(
             &observation(t0 + Duration::from_secs(4), totals(0, 10)),
             Source::Ebpf,
-            false,
+            None,
         );
         let aggregated = last.aggregated.unwrap();
         assert_eq!(aggregated.sample_count, 4);
@@ -377,12 +455,12 @@ mod tests {
     fn profiles_without_disk_or_network_omit_them_and_their_details() {
         let t0 = Instant::now();
         let mut task = task(Preset::RealTimeApi, t0);
-        let message = task.next_message(&observation(t0, totals(0, 1)), Source::Ebpf, false);
+        let message = task.next_message(&observation(t0, totals(0, 1)), Source::Ebpf, None);
         assert_eq!(message.metrics.disk_read_bytes, None);
         assert!(message.details.disk.is_none());
         assert!(message.details.network.is_some());
         let mut task = self::task(Preset::Minimal, t0);
-        let message = task.next_message(&observation(t0, totals(0, 1)), Source::Ebpf, false);
+        let message = task.next_message(&observation(t0, totals(0, 1)), Source::Ebpf, None);
         let json = serde_json::to_value(message).unwrap();
         assert!(json.get("details").is_none(), "{json}");
         assert!(json["metrics"].get("network_rx_bytes").is_none());
@@ -401,12 +479,9 @@ mod tests {
         let mut blind = totals(0, 1);
         blind.net = None;
         blind.processes_started = None;
-        let json = serde_json::to_value(task.next_message(
-            &observation(t0, blind),
-            Source::Sysinfo,
-            false,
-        ))
-        .unwrap();
+        let json =
+            serde_json::to_value(task.next_message(&observation(t0, blind), Source::Sysinfo, None))
+                .unwrap();
         assert!(json["metrics"].get("network_tx_bytes").is_none(), "{json}");
         assert!(json["metrics"].get("processes_started").is_none(), "{json}");
         assert_eq!(json["source"], "sysinfo");
@@ -416,17 +491,27 @@ mod tests {
     fn schedule_skips_missed_rounds() {
         let t0 = Instant::now();
         let mut task = task(Preset::Intensive, t0);
-        task.schedule_after(t0 + Duration::from_millis(3500));
+        task.schedule_after(t0, t0 + Duration::from_millis(3500));
         assert_eq!(task.next_due, t0 + Duration::from_secs(4));
     }
 
     #[test]
-    fn slots_are_reused_and_bounded() {
-        let mut slots = SlotAllocator::new(2);
+    fn slots_are_reused_last_and_oldest_first() {
+        let mut slots = SlotAllocator::new(3);
         assert_eq!(slots.allocate(), Ok(0));
         assert_eq!(slots.allocate(), Ok(1));
-        assert_eq!(slots.allocate(), Err(SlotsExhausted { capacity: 2 }));
         slots.free(0);
+        assert_eq!(slots.allocate(), Ok(2), "a fresh slot before a freed one");
+        slots.free(2);
+        slots.free(1);
         assert_eq!(slots.allocate(), Ok(0));
+        assert_eq!(slots.allocate(), Ok(2));
+        assert_eq!(slots.allocate(), Ok(1));
+        assert_eq!(slots.allocate(), Err(SlotsExhausted { capacity: 3 }));
+        let mut resumed = SlotAllocator::new(4);
+        resumed.take(2);
+        assert_eq!(resumed.allocate(), Ok(3));
+        assert_eq!(resumed.allocate(), Ok(0));
+        assert_eq!(resumed.allocate(), Ok(1));
     }
 }

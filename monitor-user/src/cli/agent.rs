@@ -11,7 +11,10 @@ use tokio::time::sleep_until;
 
 use tokio::sync::mpsc;
 
-use super::{AgentArgs, ProfileArgs, config::ConfigFile, run::host_name, signals::StopSignals};
+use super::{
+    AgentArgs, ProfileArgs, config::ConfigFile, run::host_name, signals::StopSignals,
+    wake::EventWaker,
+};
 use crate::{
     collect::{self, BackendChoice},
     engine::{Engine, task_spec},
@@ -91,7 +94,12 @@ pub struct AgentSettings {
     pub propeller: bool,
     pub proplet_process: Option<PropletProcess>,
     pub discovery_grace: Duration,
+    /// A started task whose process has not appeared after this long ends.
+    pub discovery_timeout: Duration,
 }
+
+/// Default `--discovery-timeout`.
+pub const DEFAULT_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How to find the proplet process, for in-process tasks.
 #[derive(Clone, Debug)]
@@ -152,6 +160,11 @@ impl AgentSettings {
             (None, Some(text)) => crate::duration::parse_interval(text)?,
             (None, None) => Duration::from_secs(1),
         };
+        let discovery_timeout = match (args.discovery_timeout, &file.discovery_timeout) {
+            (Some(timeout), _) => timeout,
+            (None, Some(text)) => crate::duration::parse_interval(text)?,
+            (None, None) => DEFAULT_DISCOVERY_TIMEOUT,
+        };
         Ok(AgentSettings {
             attach,
             default_profile,
@@ -170,6 +183,7 @@ impl AgentSettings {
             propeller,
             proplet_process,
             discovery_grace,
+            discovery_timeout,
         })
     }
 
@@ -205,7 +219,7 @@ const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The agent's loop.
 pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
-    let backend = collect::open(settings.backend)?;
+    let backend = collect::open(settings.backend, &collect::Options::default())?;
     let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(StdoutSink::default())];
     let mut control = None;
     let mut flusher = None;
@@ -217,6 +231,9 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
     }
     let mut engine = Engine::new(backend, Box::new(Fanout(sinks)), monitor_common::MAX_TASKS);
     tracing::info!("propmon agent started ({:?} backend)", engine.source());
+    if settings.propeller {
+        start_discovery(&mut engine, &settings)?;
+    }
     for spec in &settings.attach {
         if let Err(err) = attach(&mut engine, &settings, spec) {
             tracing::error!("task {}: {err:#}", spec.task_id);
@@ -229,9 +246,14 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
     // Started tasks that may turn out to run inside the proplet process.
     let mut in_process_checks: Vec<(Instant, String)> = Vec::new();
     let mut signals = StopSignals::install()?;
+    let mut events = EventWaker::new(engine.event_fd());
+    let mut next_proplet_search = Instant::now() + PROPLET_SEARCH_PERIOD;
     loop {
         let now = Instant::now();
         let mut wake = engine.next_wakeup(now);
+        if settings.propeller && settings.proplet_process.is_some() {
+            wake = wake.min(next_proplet_search);
+        }
         if proplet.is_some() {
             wake = wake.min(next_proplet);
         }
@@ -239,10 +261,19 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
             wake = wake.min(*at);
         }
         tokio::select! {
-            _ = sleep_until(wake.into()) => {
+            _ = async {
+                tokio::select! {
+                    _ = sleep_until(wake.into()) => {}
+                    _ = events.ready() => {}
+                }
+            } => {
                 let now = Instant::now();
                 for ended in engine.round(now) {
                     tracing::info!("task {} ended", ended.task_id);
+                }
+                if settings.propeller && now >= next_proplet_search {
+                    next_proplet_search = now + PROPLET_SEARCH_PERIOD;
+                    follow_proplet(&mut engine, &settings);
                 }
                 attribute_in_process(&mut engine, &settings, &mut in_process_checks, now);
                 if let Some(reporter) = proplet.as_mut().filter(|_| now >= next_proplet) {
@@ -330,6 +361,44 @@ fn on_control(
             tracing::debug!("control message for proplet {target:?}, not ours");
         }
         Err(err) => tracing::warn!("ignoring a control message on {}: {err}", message.topic),
+    }
+}
+
+/// How often a proplet process that is not found (or exited) is looked for.
+const PROPLET_SEARCH_PERIOD: Duration = Duration::from_secs(5);
+
+/// Propeller mode: tasks are found by exec discovery; with the proplet
+/// process known, only its descendants can be a task's root.
+fn start_discovery(engine: &mut Engine, settings: &AgentSettings) -> anyhow::Result<()> {
+    let require_lineage = settings.proplet_process.is_some();
+    engine
+        .enable_discovery(require_lineage, settings.discovery_timeout)
+        .context("starting exec discovery")?;
+    if require_lineage {
+        follow_proplet(engine, settings);
+    }
+    Ok(())
+}
+
+/// Attaches the proplet process when it is found (again).
+fn follow_proplet(engine: &mut Engine, settings: &AgentSettings) {
+    let Some(process) = &settings.proplet_process else {
+        return;
+    };
+    let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+    if engine.proplet_pid().is_some_and(alive) {
+        return;
+    }
+    match find_proplet(process) {
+        Some(pid) => match engine.attach_proplet(pid) {
+            Ok(()) => {
+                tracing::info!("proplet process {pid} attached: its descendants can be tasks")
+            }
+            Err(err) => tracing::warn!("{err:#}"),
+        },
+        None => tracing::warn!(
+            "the proplet process is not running: no task can be discovered until it is"
+        ),
     }
 }
 
@@ -437,6 +506,7 @@ mod tests {
             propeller: false,
             proplet_process: None,
             discovery_grace: Duration::from_secs(1),
+            discovery_timeout: DEFAULT_DISCOVERY_TIMEOUT,
         };
         assert_eq!(
             settings.profile_for(None, true),

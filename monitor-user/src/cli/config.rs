@@ -49,6 +49,8 @@ pub struct ConfigFile {
     pub proplet_exe: Option<String>,
     /// A duration such as "1s".
     pub discovery_grace: Option<String>,
+    /// A duration such as "60s".
+    pub discovery_timeout: Option<String>,
 }
 
 impl ConfigFile {

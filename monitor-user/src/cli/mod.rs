@@ -7,6 +7,7 @@ pub mod config;
 pub mod profiles;
 pub mod run;
 pub mod signals;
+pub mod wake;
 #[cfg(target_os = "linux")]
 pub mod workload;
 
@@ -233,6 +234,10 @@ pub struct AgentArgs {
     /// task is attributed to the proplet process [default: 1s].
     #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
     pub discovery_grace: Option<Duration>,
+    /// How long a started task waits for its process before it ends with
+    /// a final message saying so ("end_reason":"not-found") [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
+    pub discovery_timeout: Option<Duration>,
     /// A TOML file with any of these settings (flags and environment
     /// variables take precedence).
     #[arg(long, value_name = "FILE", env = "PROPMON_CONFIG")]

@@ -13,11 +13,13 @@ use tokio::{process::Command, time::sleep_until};
 use super::{
     RunArgs,
     signals::{Stop, StopSignals, forward},
+    wake::EventWaker,
 };
 use crate::{
     collect::{self, BackendChoice, SpawnError},
     engine::{Engine, task_spec},
     export::{self, Fanout, Sink, mqtt::MqttSettings, stdout::StdoutSink},
+    message::EndReason,
     profiles::Preset,
     tasks::TaskSpec,
 };
@@ -116,7 +118,7 @@ async fn supervise(settings: RunSettings) -> Result<ExitCode, RunError> {
         let status = spawn_untracked(&mut command)?.wait().await;
         return Ok(exit_code_of(status.context("waiting for the command")?));
     }
-    let backend = collect::open(settings.backend)?;
+    let backend = collect::open(settings.backend, &collect::Options::default())?;
     let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(StdoutSink::default())];
     let mut flusher = None;
     if let Some(mqtt) = settings.mqtt {
@@ -129,19 +131,25 @@ async fn supervise(settings: RunSettings) -> Result<ExitCode, RunError> {
         .spawn(settings.spec, &mut command)
         .map_err(RunError::Spawn)?;
     let mut signals = StopSignals::install()?;
+    let mut events = EventWaker::new(engine.event_fd());
     let mut exit_status: Option<ExitStatus> = None;
     let mut interrupted: Option<(Stop, Instant)> = None;
     loop {
         let wake = engine.next_wakeup(Instant::now());
         tokio::select! {
-            _ = sleep_until(wake.into()) => {
+            _ = async {
+                tokio::select! {
+                    _ = sleep_until(wake.into()) => {}
+                    _ = events.ready() => {}
+                }
+            } => {
                 let now = Instant::now();
                 if engine.round(now).iter().any(|ended| ended.slot == slot) {
                     break;
                 }
                 if interrupted.is_some_and(|(_, at)| now - at > SIGNAL_GRACE) {
                     tracing::warn!("the command is still running; propmon stops tracking it");
-                    engine.finish(slot);
+                    engine.finish(slot, EndReason::Abandoned);
                     break;
                 }
             }

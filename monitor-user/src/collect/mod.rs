@@ -4,15 +4,13 @@
 //!   decided in the kernel at thread creation.
 //! - `sysinfo` (any OS): the fallback; polls the process table, so it sees
 //!   only processes alive at a sample, and no per-task network bytes.
-//! - `procfs` (Linux): memory, threads and descriptors of live processes.
+//! - `procfs` (Linux): host figures and the sysinfo backend's descriptors.
 
 #[cfg(target_os = "linux")]
 pub mod ebpf;
 #[cfg(target_os = "linux")]
 pub mod procfs;
 pub mod sysinfo;
-
-use std::collections::HashMap;
 
 use monitor_common::{NET_BUCKETS, NetBucket};
 
@@ -23,7 +21,12 @@ pub trait Backend: Send {
     fn source(&self) -> Source;
 
     /// Readies `slot` for a new task with this profile (counters zeroed).
-    fn prepare(&mut self, slot: u32, profile: &MonitoringProfile) -> anyhow::Result<()>;
+    fn prepare(
+        &mut self,
+        slot: u32,
+        profile: &MonitoringProfile,
+        role: SlotRole,
+    ) -> anyhow::Result<()>;
 
     /// Starts `command` as the root process of the task in `slot`.
     fn spawn(
@@ -33,38 +36,112 @@ pub trait Backend: Send {
     ) -> Result<tokio::process::Child, SpawnError>;
 
     /// Makes the running process `pid`, its threads and all its descendants
-    /// the task in `slot`, and everything they create from now on.
+    /// the task in `slot`, and everything they create from now on. A
+    /// process that belongs to another task fails with [`AlreadyMember`].
     fn attach(&mut self, slot: u32, pid: u32) -> anyhow::Result<()>;
 
-    /// Brings the backend's view up to date; called once per round,
-    /// before any `totals` or `processes` of that round.
+    /// Brings the backend's view up to date; called once per round.
     fn refresh(&mut self);
 
-    /// Cumulative figures of a task.
+    /// Takes one sample of every task: afterwards `totals` and `processes`
+    /// give the figures of this moment. Called once per round that has a
+    /// task due, whatever the number of tasks.
+    fn sample(&mut self) -> anyhow::Result<()>;
+
+    /// Cumulative figures of a task, as of the last `sample`.
     fn totals(&mut self, slot: u32) -> anyhow::Result<TaskTotals>;
 
-    /// Live processes of every task, by slot.
-    fn processes(&mut self) -> HashMap<u32, Vec<u32>>;
+    /// Memory, threads, descriptors and live processes of a task, as of
+    /// the last `sample`.
+    fn processes(&mut self, slot: u32) -> ProcessSample;
 
-    /// Memory, threads and descriptors summed over `pids`.
-    fn sample_processes(&mut self, pids: &[u32]) -> ProcessSample;
+    /// Turns exec discovery on (Propeller mode); with `require_lineage`,
+    /// only descendants of the proplet process can be a task's root.
+    fn enable_discovery(&mut self, _require_lineage: bool) -> anyhow::Result<()> {
+        Ok(())
+    }
 
-    /// Looks for the process that execs with `proplet_<task_id>.wasm` in
-    /// its argv, and makes it the root of the task in `slot` (Propeller's
-    /// host runtime).
+    /// Looks for the process that execs `proplet_<task_id>.wasm` and makes
+    /// it the root of the task in `slot` (Propeller's host runtime).
     fn discover(&mut self, slot: u32, task_id: &str) -> anyhow::Result<()>;
 
     /// Stops looking for a task's process.
     fn forget_discovery(&mut self, task_id: &str);
 
+    /// Gives the kernel a slot for a module that execs before its task's
+    /// start message (reported in [`BackendEvents::provisional`]).
+    fn add_provisional_slot(&mut self, _slot: u32) -> anyhow::Result<()> {
+        anyhow::bail!("this backend has no provisional roots")
+    }
+
+    /// Forgets that `task_id` has a provisional root (claimed or expired).
+    fn end_provisional(&mut self, _task_id: &str) {}
+
     /// What happened since the last call.
     fn events(&mut self) -> BackendEvents;
 
-    /// Forgets a task whose final message was sent.
+    /// A file descriptor that becomes readable when [`Backend::events`]
+    /// has something, if the backend has one.
+    fn event_fd(&self) -> Option<i32> {
+        None
+    }
+
+    /// Forgets a task whose final message was sent: its processes are no
+    /// longer charged to anyone.
     fn release(&mut self, slot: u32);
 
     /// New losses (records the kernel could not make), as a log line.
     fn new_losses(&mut self) -> Option<String>;
+
+    /// Whether the backend took up the kernel state a previous agent left.
+    fn resumed(&self) -> bool {
+        false
+    }
+
+    /// The generation of `slot` if the kernel still holds a task there
+    /// (state kept across agent restarts).
+    fn live_generation(&self, _slot: u32) -> Option<u32> {
+        None
+    }
+
+    /// Takes `slot` back into use after an agent restart.
+    fn adopt_slot(&mut self, _slot: u32) {}
+
+    /// Slots a previous agent left in the kernel's provisional pool.
+    fn drain_provisional_pool(&mut self) -> Vec<u32> {
+        Vec::new()
+    }
+
+    /// Words kept with a slot's kernel state, across agent restarts.
+    fn user_words(&self, _slot: u32) -> [u64; USER_WORDS] {
+        [0; USER_WORDS]
+    }
+
+    fn set_user_words(&mut self, _slot: u32, _words: [u64; USER_WORDS]) {}
+}
+
+/// Words of [`Backend::user_words`].
+pub const USER_WORDS: usize = 3;
+
+/// What a slot is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotRole {
+    /// A task: its profile says what is collected.
+    Task,
+    /// The proplet process (in-process tasks are reported through it):
+    /// its members leave it when they exec a task's module.
+    Proplet,
+    /// A module process whose task has not been announced yet.
+    Provisional,
+}
+
+/// A process that belongs to another task cannot be attached.
+#[derive(Debug, thiserror::Error)]
+#[error("PID {pid} already belongs to another task (a process belongs to one task)")]
+pub struct AlreadyMember {
+    pub pid: u32,
+    /// The slot of the task it belongs to.
+    pub slot: u32,
 }
 
 /// Task-level happenings a backend reports.
@@ -74,6 +151,9 @@ pub struct BackendEvents {
     pub maybe_ended: Vec<u32>,
     /// Slots whose root process was found by `discover`.
     pub discovered: Vec<u32>,
+    /// Task ids whose module exec'd before anyone asked, and the
+    /// provisional slot that counts it.
+    pub provisional: Vec<(String, u32)>,
 }
 
 /// Why a command could not be started.
@@ -101,7 +181,7 @@ impl SpawnError {
 }
 
 /// Cumulative figures of one task. `None`: the backend cannot know it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TaskTotals {
     /// On-CPU ns of every thread that ever belonged to the task (that the
     /// backend saw).
@@ -124,20 +204,17 @@ impl TaskTotals {
             (Some(now), Some(then)) => Some(DiskTotals {
                 read_bytes: now.read_bytes.saturating_sub(then.read_bytes),
                 write_bytes: now.write_bytes.saturating_sub(then.write_bytes),
-                breakdown: match (now.breakdown, then.breakdown) {
-                    (Some(n), Some(t)) => Some(DiskBreakdown {
-                        dirtied_bytes: n.dirtied_bytes.saturating_sub(t.dirtied_bytes),
-                        direct_write_bytes: n
-                            .direct_write_bytes
-                            .saturating_sub(t.direct_write_bytes),
-                        submitted_write_bytes: n
-                            .submitted_write_bytes
-                            .saturating_sub(t.submitted_write_bytes),
+                details: match (now.details, then.details) {
+                    (Some(n), Some(t)) => Some(DiskDetails {
                         cancelled_write_bytes: n
                             .cancelled_write_bytes
                             .saturating_sub(t.cancelled_write_bytes),
+                        rchar: n.rchar.saturating_sub(t.rchar),
+                        wchar: n.wchar.saturating_sub(t.wchar),
+                        syscr: n.syscr.saturating_sub(t.syscr),
+                        syscw: n.syscw.saturating_sub(t.syscw),
                     }),
-                    (breakdown, _) => breakdown,
+                    (details, _) => details,
                 },
             }),
             (disk, _) => disk,
@@ -163,30 +240,33 @@ impl TaskTotals {
 }
 
 /// Disk bytes of a task, with `/proc/<pid>/io` semantics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiskTotals {
-    /// `read_bytes`: bytes the task asked devices to read.
+    /// `read_bytes`: bytes the task caused to be read from devices.
     pub read_bytes: u64,
     /// `write_bytes`: page-cache bytes dirtied plus direct-I/O writes.
     pub write_bytes: u64,
-    /// Where the bytes come from, when the backend can tell.
-    pub breakdown: Option<DiskBreakdown>,
+    /// The other `/proc/<pid>/io` figures, when the backend has them.
+    pub details: Option<DiskDetails>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DiskBreakdown {
-    /// Page-cache bytes dirtied (part of `write_bytes`).
-    pub dirtied_bytes: u64,
-    /// Direct-I/O write bios submitted (the rest of `write_bytes`).
-    pub direct_write_bytes: u64,
-    /// Every write bio submitted in the task's own context.
-    pub submitted_write_bytes: u64,
-    /// Dirty bytes truncated before writeback (`cancelled_write_bytes`).
+/// The rest of `/proc/<pid>/io`, summed over the task.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DiskDetails {
+    /// Dirty page-cache bytes truncated before writeback.
     pub cancelled_write_bytes: u64,
+    /// Bytes passed to read-like system calls (page cache hits included).
+    pub rchar: u64,
+    /// Bytes passed to write-like system calls.
+    pub wchar: u64,
+    /// Read-like system calls.
+    pub syscr: u64,
+    /// Write-like system calls.
+    pub syscw: u64,
 }
 
 /// Socket payload bytes of a task, indexed by [`NetBucket`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetTotals {
     pub tx: [u64; NET_BUCKETS],
     pub rx: [u64; NET_BUCKETS],
@@ -232,13 +312,21 @@ pub enum BackendChoice {
     Sysinfo,
 }
 
+/// How to open a backend.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// eBPF: keep the kernel state pinned under this name across agent
+    /// restarts, and resume from it.
+    pub keep_kernel_state: Option<String>,
+}
+
 /// Opens the chosen backend; `auto` falls back to sysinfo with one line
 /// saying why eBPF is not used.
-pub fn open(choice: BackendChoice) -> anyhow::Result<Box<dyn Backend>> {
+pub fn open(choice: BackendChoice, options: &Options) -> anyhow::Result<Box<dyn Backend>> {
     match choice {
         BackendChoice::Sysinfo => Ok(Box::new(sysinfo::SysinfoBackend::new()?)),
-        BackendChoice::Ebpf => open_ebpf().map_err(|why| anyhow::anyhow!("{why}")),
-        BackendChoice::Auto => match open_ebpf() {
+        BackendChoice::Ebpf => open_ebpf(options).map_err(|why| anyhow::anyhow!("{why}")),
+        BackendChoice::Auto => match open_ebpf(options) {
             Ok(backend) => Ok(backend),
             Err(why) => {
                 tracing::warn!("{why}; using the sysinfo backend (no per-task network figures)");
@@ -249,14 +337,17 @@ pub fn open(choice: BackendChoice) -> anyhow::Result<Box<dyn Backend>> {
 }
 
 #[cfg(target_os = "linux")]
-fn open_ebpf() -> Result<Box<dyn Backend>, String> {
-    ebpf::EbpfBackend::load()
+fn open_ebpf(options: &Options) -> Result<Box<dyn Backend>, String> {
+    let options = ebpf::LoadOptions {
+        pins: options.keep_kernel_state.clone(),
+    };
+    ebpf::EbpfBackend::load(&options)
         .map(|backend| Box::new(backend) as Box<dyn Backend>)
         .map_err(|err| err.to_string())
 }
 
 #[cfg(not(target_os = "linux"))]
-fn open_ebpf() -> Result<Box<dyn Backend>, String> {
+fn open_ebpf(_options: &Options) -> Result<Box<dyn Backend>, String> {
     Err("eBPF unavailable: it needs Linux".to_owned())
 }
 

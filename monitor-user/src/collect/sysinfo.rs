@@ -14,7 +14,7 @@ use anyhow::{Context as _, bail};
 use sysinfo::{Pid, Process, ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
 use tokio::process::{Child, Command};
 
-use super::{Backend, BackendEvents, DiskTotals, ProcessSample, SpawnError, TaskTotals};
+use super::{Backend, BackendEvents, DiskTotals, ProcessSample, SlotRole, SpawnError, TaskTotals};
 use crate::{message::Source, profiles::MonitoringProfile};
 
 pub struct SysinfoBackend {
@@ -242,7 +242,12 @@ impl Backend for SysinfoBackend {
         Source::Sysinfo
     }
 
-    fn prepare(&mut self, slot: u32, _profile: &MonitoringProfile) -> anyhow::Result<()> {
+    fn prepare(
+        &mut self,
+        slot: u32,
+        _profile: &MonitoringProfile,
+        _role: SlotRole,
+    ) -> anyhow::Result<()> {
         self.tasks.insert(slot, SysTask::default());
         Ok(())
     }
@@ -275,6 +280,10 @@ impl Backend for SysinfoBackend {
         self.match_discoveries();
     }
 
+    fn sample(&mut self) -> anyhow::Result<()> {
+        Ok(()) // `refresh` read the process table this round
+    }
+
     fn discover(&mut self, slot: u32, task_id: &str) -> anyhow::Result<()> {
         self.discovering
             .insert(format!("proplet_{task_id}.wasm"), slot);
@@ -301,22 +310,18 @@ impl Backend for SysinfoBackend {
             disk: Some(DiskTotals {
                 read_bytes: sum.read_bytes,
                 write_bytes: sum.written_bytes,
-                breakdown: None,
+                details: None,
             }),
             net: None,
         })
     }
 
-    fn processes(&mut self) -> HashMap<u32, Vec<u32>> {
-        self.tasks
-            .iter()
-            .map(|(slot, task)| (*slot, task.members.keys().map(|p| p.as_u32()).collect()))
-            .collect()
-    }
-
-    fn sample_processes(&mut self, pids: &[u32]) -> ProcessSample {
+    fn processes(&mut self, slot: u32) -> ProcessSample {
         let mut sample = ProcessSample::default();
-        for &pid in pids {
+        let Some(task) = self.tasks.get(&slot) else {
+            return sample;
+        };
+        for pid in task.members.keys().map(|pid| pid.as_u32()) {
             let Some(process) = self.system.process(Pid::from_u32(pid)) else {
                 continue;
             };
@@ -341,6 +346,7 @@ impl Backend for SysinfoBackend {
                 .map(|(slot, _)| *slot)
                 .collect(),
             discovered: std::mem::take(&mut self.discovered),
+            provisional: Vec::new(),
         }
     }
 

@@ -27,11 +27,8 @@ pub enum BtfError {
         structure: &'static str,
         field: &'static str,
     },
-    #[error("kernel BTF has no value {name} in enum {enumeration}")]
-    NoEnumValue {
-        enumeration: &'static str,
-        name: &'static str,
-    },
+    #[error("kernel BTF has no enum member {name}")]
+    NoEnumValue { name: &'static str },
 }
 
 pub struct KernelBtf {
@@ -48,34 +45,65 @@ impl KernelBtf {
     }
 
     /// Everything the programs read from kernel structs, for this kernel.
-    pub fn kernel_layout(
-        &self,
-        page_size: u32,
-        ns_per_clock_tick: u32,
-    ) -> Result<KernelLayout, BtfError> {
+    pub fn kernel_layout(&self) -> Result<KernelLayout, BtfError> {
+        let ioac = |field| self.field_offset("task_struct", field);
         Ok(KernelLayout {
             task_pid: self.field_offset("task_struct", "pid")?,
             task_tgid: self.field_offset("task_struct", "tgid")?,
-            task_bio_list: self.field_offset("task_struct", "bio_list")?,
-            task_cancelled_write_bytes: self
-                .field_offset("task_struct", "ioac.cancelled_write_bytes")?,
-            task_start_boottime: self.field_offset("task_struct", "start_boottime")?,
+            task_sum_exec_runtime: self.field_offset("task_struct", "se.sum_exec_runtime")?,
             task_mm: self.field_offset("task_struct", "mm")?,
+            task_signal: self.field_offset("task_struct", "signal")?,
+            task_files: self.field_offset("task_struct", "files")?,
+            ioac_fields: [
+                ioac("ioac.rchar")?,
+                ioac("ioac.wchar")?,
+                ioac("ioac.syscr")?,
+                ioac("ioac.syscw")?,
+                ioac("ioac.read_bytes")?,
+                ioac("ioac.write_bytes")?,
+                ioac("ioac.cancelled_write_bytes")?,
+            ],
+            signal_live: self.field_offset("signal_struct", "live")?,
+            signal_nr_threads: self.field_offset("signal_struct", "nr_threads")?,
+            mm_rss_stat: self.field_offset("mm_struct", "rss_stat")?,
+            percpu_counter_size: self.struct_size("percpu_counter")?,
+            percpu_counter_count: self.field_offset("percpu_counter", "count")?,
+            // include/linux/mm_types_task.h: an anonymous enum.
+            rss_members: [
+                self.enum_member("MM_FILEPAGES")?,
+                self.enum_member("MM_ANONPAGES")?,
+                self.enum_member("MM_SHMEMPAGES")?,
+            ],
+            files_fdt: self.field_offset("files_struct", "fdt")?,
+            fdtable_max_fds: self.field_offset("fdtable", "max_fds")?,
+            fdtable_open_fds: self.field_offset("fdtable", "open_fds")?,
             mm_arg_start: self.field_offset("mm_struct", "arg_start")?,
             mm_arg_end: self.field_offset("mm_struct", "arg_end")?,
-            ns_per_clock_tick,
             sock_family: self.field_offset("sock", "__sk_common.skc_family")?,
             sock_protocol: self.field_offset("sock", "sk_protocol")?,
-            bio_opf: self.field_offset("bio", "bi_opf")?,
-            bio_size: self.field_offset("bio", "bi_iter.bi_size")?,
-            folio_flags: self.field_offset("folio", "flags")?,
-            // Since Linux 6.15 on 64-bit (NR_PAGES_IN_LARGE_FOLIO).
-            folio_nr_pages: self.field_offset("folio", "_nr_pages")?,
-            pg_head_bit: self.enum_value("pageflags", "PG_head")?,
-            req_meta_bit: self.enum_value("req_flag_bits", "__REQ_META")?,
-            req_idle_bit: self.enum_value("req_flag_bits", "__REQ_IDLE")?,
-            page_size,
         })
+    }
+
+    /// Size in bytes of the struct `structure`.
+    pub fn struct_size(&self, structure: &'static str) -> Result<u32, BtfError> {
+        Ok(self.named_struct(structure)?.size() as u32)
+    }
+
+    /// The value of the enum member `name`, in whichever enum (named or
+    /// not) declares it.
+    pub fn enum_member(&self, name: &'static str) -> Result<u32, BtfError> {
+        let mut id = 1;
+        while let Ok(ty) = self.btf.resolve_type_by_id(id) {
+            id += 1;
+            if let Type::Enum(e) = ty
+                && let Some(value) = e.members.iter().find_map(|member| {
+                    (self.btf.resolve_name(member).ok()? == name).then(|| member.val())
+                })
+            {
+                return Ok(value);
+            }
+        }
+        Err(BtfError::NoEnumValue { name })
     }
 
     /// Byte offset of `path` (e.g. `bi_iter.bi_size`) in `structure`,
@@ -110,27 +138,6 @@ impl KernelBtf {
             return Err(no_field());
         }
         Ok(bits / 8)
-    }
-
-    /// The value of `name` in the enum `enumeration`.
-    pub fn enum_value(
-        &self,
-        enumeration: &'static str,
-        name: &'static str,
-    ) -> Result<u32, BtfError> {
-        let types = self
-            .btf
-            .resolve_types_by_name(enumeration)
-            .map_err(|_| BtfError::NoEnumValue { enumeration, name })?;
-        types
-            .iter()
-            .find_map(|ty| match ty {
-                Type::Enum(e) => e.members.iter().find_map(|member| {
-                    (self.btf.resolve_name(member).ok()? == name).then(|| member.val())
-                }),
-                _ => None,
-            })
-            .ok_or(BtfError::NoEnumValue { enumeration, name })
     }
 
     fn named_struct(&self, structure: &'static str) -> Result<btf_rs::Struct, BtfError> {
@@ -195,7 +202,7 @@ mod tests {
     #[test]
     fn kernel_layout_is_plausible() {
         let Some(btf) = kernel_btf() else { return };
-        let layout = btf.kernel_layout(4096, 10_000_000).unwrap();
+        let layout = btf.kernel_layout().unwrap();
         // pid and tgid are adjacent pid_t fields, pid first, deep in the struct.
         assert_eq!(layout.task_tgid, layout.task_pid + 4, "{layout:?}");
         assert!(
@@ -205,10 +212,20 @@ mod tests {
         // struct sock starts with struct sock_common.
         assert!(layout.sock_family < 64, "{layout:?}");
         assert!(layout.sock_protocol > layout.sock_family, "{layout:?}");
-        // A folio is a few struct pages (64 bytes each); flags come first.
-        assert_eq!(layout.folio_flags, 0);
-        assert!((64..128).contains(&layout.folio_nr_pages), "{layout:?}");
-        assert!(layout.req_idle_bit > layout.req_meta_bit && layout.req_idle_bit < 32);
+        // struct task_io_accounting: seven u64s in a row.
+        for pair in layout.ioac_fields.windows(2) {
+            assert_eq!(pair[1], pair[0] + 8, "{layout:?}");
+        }
+        assert_eq!(
+            layout.rss_members,
+            [0, 1, 3],
+            "MM_FILEPAGES, MM_ANONPAGES, MM_SHMEMPAGES"
+        );
+        assert!(layout.percpu_counter_size >= 16 && layout.percpu_counter_count < 16);
+        assert_eq!(
+            layout.fdtable_max_fds, 0,
+            "struct fdtable starts with max_fds"
+        );
     }
 
     #[test]
@@ -225,7 +242,7 @@ mod tests {
             Err(BtfError::NoField { .. })
         ));
         assert!(matches!(
-            btf.enum_value("pageflags", "PG_no_such_flag"),
+            btf.enum_member("MM_NO_SUCH_COUNTER"),
             Err(BtfError::NoEnumValue { .. })
         ));
     }

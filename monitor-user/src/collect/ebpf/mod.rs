@@ -1,53 +1,57 @@
-//! The eBPF backend: loads and attaches the kernel programs, and reads what
-//! they counted.
+//! The eBPF backend: loads and attaches the kernel programs, gives threads
+//! their task, runs the sampling pass and reads what it counted.
 //!
 //! Order of work: preflight checks, BTF offsets, load with the offsets as
-//! globals, attach every program, then read what they count. Dropping the
-//! backend detaches and unloads everything.
+//! globals (reusing the pinned maps of a previous agent when asked to keep
+//! state), attach every hook (or keep the pinned links), attach the
+//! sampling iterator, map the shared arrays. Dropping the backend detaches
+//! what is not pinned.
 
+pub mod attach;
 pub mod btf;
+pub mod pins;
 pub mod preflight;
+pub mod sys;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
+    collections::{BTreeMap, BTreeSet},
+    mem::offset_of,
+    os::fd::{AsFd as _, AsRawFd as _},
     path::Path,
-    time::{Duration, Instant},
+    sync::atomic::Ordering,
 };
 
 use anyhow::{Context as _, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf},
-    programs::{BtfTracePoint, FExit},
+    maps::{Array, HashMap, MapData, Queue, RingBuf},
+    programs::{BtfTracePoint, FExit, Iter, links::FdLink},
 };
 use monitor_common::{
-    DISCOVERY_ID_BYTES, GATE_ADOPT, GATE_DISCOVER, KernelStats, LAYOUT_GLOBAL, MAX_TASKS,
-    PendingThread, TaskCounters, TaskEvent, collect, maps,
+    Control, DISCOVERY_ID_BYTES, KernelStats, LAYOUT_GLOBAL, MAX_TASKS, NET_BUCKETS, SlotRef,
+    TaskConfig, TaskEvent, TaskRecord, ThreadState, collect, maps, slot, switch, thread,
 };
-use procfs::process::Process;
 use tokio::process::{Child, Command};
 
+use self::{
+    attach::{AttachError, TreeAttach},
+    pins::Pins,
+    sys::{IterLink, MappedArray, TaskStorage, thread_pidfd},
+};
 use super::{
-    Backend, BackendEvents, DiskBreakdown, DiskTotals, NetTotals, ProcessSample, SpawnError,
-    TaskTotals,
+    Backend, BackendEvents, DiskDetails, DiskTotals, NetTotals, ProcessSample, SlotRole,
+    SpawnError, TaskTotals, USER_WORDS,
 };
 use crate::{message::Source, profiles::MonitoringProfile};
 
 /// The kernel object built from `monitor-ebpf` by build.rs.
 static PROGRAMS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
 
-/// Every program of the object and where it attaches.
+/// Every hook of the object and where it attaches.
 const HOOKS: &[Hook] = &[
     Hook::required(Kind::Tracepoint, "task_newtask", "task_newtask"),
     Hook::required(Kind::Tracepoint, "sched_process_exit", "sched_process_exit"),
     Hook::required(Kind::Tracepoint, "sched_process_free", "sched_process_free"),
-    Hook::required(Kind::Tracepoint, "sched_stat_runtime", "sched_stat_runtime"),
-    Hook::required(Kind::Tracepoint, "block_bio_queue", "block_bio_queue"),
-    Hook::required(
-        Kind::Tracepoint,
-        "writeback_dirty_folio",
-        "writeback_dirty_folio",
-    ),
     Hook::required(Kind::Tracepoint, "sock_send_length", "sock_send_length"),
     Hook::required(Kind::Tracepoint, "sock_recv_length", "sock_recv_length"),
     Hook::required(Kind::Tracepoint, "exec_discovery", "sched_process_exec"),
@@ -64,6 +68,9 @@ const HOOKS: &[Hook] = &[
         "bytes spliced out of AF_UNIX stream sockets",
     ),
 ];
+
+/// The sampling pass (a task iterator).
+const SAMPLING_PASS: &str = "sampling_pass";
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -116,183 +123,202 @@ pub enum Unavailable {
     Failed(anyhow::Error),
 }
 
+/// How to load.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Keep the kernel state (maps and hooks) pinned in bpffs under this
+    /// name, and resume from what a previous agent left there.
+    pub pins: Option<String>,
+}
+
 pub struct EbpfBackend {
-    /// Owns the programs and their links: they stay attached while it lives.
+    /// Owns the programs and the links that are not pinned.
     _ebpf: Ebpf,
-    counters: PerCpuArray<MapData, TaskCounters>,
-    procs: HashMap<MapData, u32, u32>,
-    spawn_pending: HashMap<MapData, u32, u32>,
-    stats: PerCpuArray<MapData, KernelStats>,
-    config: Array<MapData, u32>,
-    adopt_pending: HashMap<MapData, u32, PendingThread>,
-    adopt_gate: Array<MapData, u32>,
-    discover: HashMap<MapData, [u8; DISCOVERY_ID_BYTES], u32>,
+    /// Hooks kept attached in bpffs across agent restarts.
+    _pinned_links: Vec<aya::programs::links::PinnedLink>,
+    pass_link: IterLink,
+    threads: TaskStorage<ThreadState>,
+    config: MappedArray<TaskConfig>,
+    records: MappedArray<TaskRecord>,
+    control: MappedArray<Control>,
+    switches: Array<MapData, u32>,
+    discover: HashMap<MapData, [u8; DISCOVERY_ID_BYTES], SlotRef>,
+    provisional_pool: Queue<MapData, SlotRef>,
+    provisional: HashMap<MapData, [u8; DISCOVERY_ID_BYTES], SlotRef>,
+    events: RingBuf<MapData>,
     /// Task ids the kernel is looking for.
     discovering: BTreeMap<String, u32>,
-    events: RingBuf<MapData>,
     /// Slots in use, for a full sweep when events were lost.
     active: BTreeSet<u32>,
-    /// Threads handed to the kernel for adoption and not yet seen adopted.
-    awaiting_adoption: BTreeSet<u32>,
-    last_adoption_sweep: Instant,
     reported: KernelStats,
-    process_tree: ProcessTree,
+    /// Whether the kernel state came from a previous agent.
+    resumed: bool,
 }
 
 impl EbpfBackend {
     /// Checks privileges, loads and attaches every program.
-    pub fn load() -> Result<Self, Unavailable> {
+    pub fn load(options: &LoadOptions) -> Result<Self, Unavailable> {
         preflight::check()?;
-        Self::load_checked().map_err(Unavailable::Failed)
+        Self::load_checked(options).map_err(Unavailable::Failed)
     }
 
-    fn load_checked() -> anyhow::Result<Self> {
+    fn load_checked(options: &LoadOptions) -> anyhow::Result<Self> {
         raise_memlock_limit();
-        let page_size = u32::try_from(procfs::page_size()).context("page size")?;
-        let ns_per_tick =
-            u32::try_from(1_000_000_000 / procfs::ticks_per_second()).context("clock ticks")?;
-        let layout = btf::KernelBtf::load(Path::new(btf::VMLINUX_BTF))?
-            .kernel_layout(page_size, ns_per_tick)?;
-        let mut ebpf = EbpfLoader::new()
-            .override_global(LAYOUT_GLOBAL, &layout, true)
+        let layout = btf::KernelBtf::load(Path::new(btf::VMLINUX_BTF))?.kernel_layout()?;
+        let pins = match &options.pins {
+            Some(name) => Some(Pins::open(name, PROGRAMS_OBJECT, &layout)?),
+            None => None,
+        };
+        let mut loader = EbpfLoader::new();
+        // No CO-RE relocations in Rust programs: the kernel's BTF is read
+        // once, below, for the attach points only.
+        loader.btf(None);
+        loader.override_global(LAYOUT_GLOBAL, &layout, true);
+        // aya 0.14 has no type for task-local storage; we use its fd.
+        loader.allow_unsupported_maps();
+        if let Some(pins) = &pins {
+            for name in maps::PERSISTENT {
+                loader.map_pin_path(name, pins.map_path(name));
+            }
+        }
+        let mut ebpf = loader
             .load(PROGRAMS_OBJECT)
             .context("loading the eBPF object (maps and globals)")?;
         let kernel_btf = Btf::from_sys_fs().context("reading kernel BTF")?;
+        let mut pinned_links = Vec::new();
         for hook in HOOKS {
-            match (attach(&mut ebpf, hook, &kernel_btf), hook.uncounted_without) {
-                (Ok(()), _) => {}
+            if let Some(link) = pins
+                .as_ref()
+                .and_then(|pins| pins.existing_link(hook.program))
+            {
+                pinned_links.push(link);
+                continue;
+            }
+            match (
+                attach(&mut ebpf, hook, &kernel_btf, pins.as_ref()),
+                hook.uncounted_without,
+            ) {
+                (Ok(Some(link)), _) => pinned_links.push(link),
+                (Ok(None), _) => {}
                 (Err(err), None) => return Err(err),
                 (Err(err), Some(uncounted)) => {
                     tracing::warn!("{uncounted} are not counted: {err:#}");
                 }
             }
         }
+        let pass_link = attach_pass(&mut ebpf, &kernel_btf)?;
         drop(kernel_btf);
         release_freed_memory();
+        let threads = TaskStorage::new(sys::map_fd(map_data(&ebpf, maps::THREADS)?)?);
+        let config = MappedArray::map(map_data(&ebpf, maps::TASK_CONFIG)?.fd().as_fd(), MAX_TASKS)
+            .context("mapping TASK_CONFIG")?;
+        let records = MappedArray::map(map_data(&ebpf, maps::TASKS)?.fd().as_fd(), MAX_TASKS)
+            .context("mapping TASKS")?;
+        let control: MappedArray<Control> =
+            MappedArray::map(map_data(&ebpf, maps::CONTROL)?.fd().as_fd(), 1)
+                .context("mapping CONTROL")?;
+        let reported = control.get(0).stats;
         Ok(EbpfBackend {
-            counters: PerCpuArray::try_from(take_map(&mut ebpf, maps::TASK_COUNTERS)?)?,
-            procs: HashMap::try_from(take_map(&mut ebpf, maps::TRACKED_PROCS)?)?,
-            spawn_pending: HashMap::try_from(take_map(&mut ebpf, maps::SPAWN_PENDING)?)?,
-            stats: PerCpuArray::try_from(take_map(&mut ebpf, maps::KERNEL_STATS)?)?,
-            config: Array::try_from(take_map(&mut ebpf, maps::TASK_CONFIG)?)?,
-            adopt_pending: HashMap::try_from(take_map(&mut ebpf, maps::ADOPT_PENDING)?)?,
-            adopt_gate: Array::try_from(take_map(&mut ebpf, maps::ADOPT_GATE)?)?,
-            events: RingBuf::try_from(take_map(&mut ebpf, maps::TASK_EVENTS)?)?,
+            switches: Array::try_from(take_map(&mut ebpf, maps::SWITCHES)?)?,
             discover: HashMap::try_from(take_map(&mut ebpf, maps::DISCOVER)?)?,
-            discovering: BTreeMap::new(),
+            provisional_pool: Queue::try_from(take_map(&mut ebpf, maps::PROVISIONAL_POOL)?)?,
+            provisional: HashMap::try_from(take_map(&mut ebpf, maps::PROVISIONAL)?)?,
+            events: RingBuf::try_from(take_map(&mut ebpf, maps::TASK_EVENTS)?)?,
             _ebpf: ebpf,
+            _pinned_links: pinned_links,
+            pass_link,
+            threads,
+            config,
+            records,
+            control,
+            discovering: BTreeMap::new(),
             active: BTreeSet::new(),
-            awaiting_adoption: BTreeSet::new(),
-            last_adoption_sweep: Instant::now(),
-            reported: KernelStats::default(),
-            process_tree: ProcessTree::default(),
+            reported,
+            resumed: pins.is_some_and(|pins| pins.resumed()),
         })
     }
 
-    /// Records the kernel could not make (maps full), summed over CPUs.
-    pub fn kernel_stats(&self) -> anyhow::Result<KernelStats> {
-        let per_cpu = self.stats.get(&0, 0).context("reading kernel stats")?;
-        let mut sum = KernelStats::default();
-        per_cpu.iter().for_each(|cpu| sum.accumulate(cpu));
-        Ok(sum)
+    /// Records the kernel could not make, since the maps were created.
+    pub fn kernel_stats(&self) -> KernelStats {
+        self.control.get(0).stats
     }
 
-    fn reset_counters(&mut self, slot: u32) -> anyhow::Result<()> {
-        anyhow::ensure!(slot < MAX_TASKS, "task slot {slot} out of range");
-        let cpus = aya::util::nr_cpus().map_err(|(what, err)| anyhow!("{what}: {err}"))?;
-        let zeros = PerCpuValues::try_from(vec![TaskCounters::default(); cpus])?;
-        self.counters
-            .set(slot, zeros, 0)
-            .with_context(|| format!("resetting counters of task slot {slot}"))
+    /// The generation and flags of a slot.
+    pub fn slot_config(&self, slot: u32) -> TaskConfig {
+        self.config.get(slot)
     }
 
-    /// Hands the threads of `pid` to the kernel for adoption.
-    fn queue_threads_of(&mut self, slot: u32, pid: u32) -> anyhow::Result<()> {
-        let process =
-            Process::new(pid as i32).with_context(|| format!("no process with PID {pid}"))?;
-        let tasks = process
-            .tasks()
-            .with_context(|| format!("listing the threads of PID {pid}"))?;
-        for thread in tasks.flatten() {
-            let Ok(stat) = thread.stat() else { continue };
-            let pending = PendingThread {
-                slot,
-                _padding: 0,
-                start_ticks: stat.starttime,
-            };
-            self.adopt_pending
-                .insert(thread.tid as u32, pending, 0)
-                .context("queueing a thread for adoption (too many pending?)")?;
-            self.awaiting_adoption.insert(thread.tid as u32);
+    fn set_config(&self, slot: u32, config: TaskConfig) {
+        let word = u64::from(config.generation) | (u64::from(config.flags) << 32);
+        self.config.word(slot, 0).store(word, Ordering::SeqCst);
+    }
+
+    fn target(&self, slot: u32) -> SlotRef {
+        SlotRef {
+            slot,
+            generation: self.config.get(slot).generation,
         }
-        Ok(())
     }
 
-    fn set_adoption_gate(&mut self, open: bool) -> anyhow::Result<()> {
-        self.adopt_gate
-            .set(GATE_ADOPT, u32::from(open), 0)
-            .context("setting the adoption gate")
+    fn set_switch(&mut self, index: u32, on: bool) -> anyhow::Result<()> {
+        self.switches
+            .set(index, u32::from(on), 0)
+            .context("setting a kernel switch")
     }
 
-    fn set_discovery_gate(&mut self) -> anyhow::Result<()> {
-        let open = !self.discovering.is_empty();
-        self.adopt_gate
-            .set(GATE_DISCOVER, u32::from(open), 0)
-            .context("setting the discovery gate")
-    }
-
-    /// Forgets adoption requests the kernel fulfilled or that can no longer
-    /// be (the thread exited), and closes the gate when none are left.
-    fn sweep_adoptions(&mut self) {
-        if self.awaiting_adoption.is_empty()
-            || self.last_adoption_sweep.elapsed() < ADOPTION_SWEEP_PERIOD
-        {
-            return;
-        }
-        self.last_adoption_sweep = Instant::now();
-        let pending = &mut self.adopt_pending;
-        self.awaiting_adoption.retain(|tid| {
-            if pending.get(tid, 0).is_err() {
-                return false; // adopted
-            }
-            let alive = Path::new(&format!("/proc/{tid}")).exists();
-            if !alive {
-                let _ = pending.remove(tid);
-            }
-            alive
-        });
-        if self.awaiting_adoption.is_empty()
-            && let Err(err) = self.set_adoption_gate(false)
-        {
-            tracing::warn!("{err:#}");
-        }
+    /// One sampling pass: afterwards every task's record holds its
+    /// charged totals and a snapshot of its live processes.
+    fn run_pass(&mut self) -> anyhow::Result<()> {
+        self.control
+            .word(0, offset_of!(Control, pass))
+            .fetch_add(1, Ordering::SeqCst);
+        self.pass_link.run().context("running the sampling pass")
     }
 }
-
-/// How often userspace checks on threads queued for adoption.
-const ADOPTION_SWEEP_PERIOD: Duration = Duration::from_secs(1);
 
 impl Backend for EbpfBackend {
     fn source(&self) -> Source {
         Source::Ebpf
     }
 
-    fn prepare(&mut self, slot: u32, profile: &MonitoringProfile) -> anyhow::Result<()> {
-        self.reset_counters(slot)?;
-        self.config
-            .set(slot, collect_flags(profile), 0)
-            .context("setting the task's collection flags")?;
+    fn prepare(
+        &mut self,
+        slot: u32,
+        profile: &MonitoringProfile,
+        role: SlotRole,
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(slot < MAX_TASKS, "task slot {slot} out of range");
+        let generation = self.config.get(slot).generation.wrapping_add(1);
+        // No thread names the new generation yet: nothing writes the record.
+        self.records.set(slot, &TaskRecord::default());
+        let flags = slot::IN_USE
+            | match role {
+                SlotRole::Task => collect_flags(profile),
+                SlotRole::Proplet => {
+                    collect::ALL | slot::YIELDS_TO_DISCOVERY | slot::PROPLET_LINEAGE
+                }
+                SlotRole::Provisional => collect::ALL,
+            };
+        self.set_config(slot, TaskConfig { generation, flags });
         self.active.insert(slot);
         Ok(())
     }
 
     fn spawn(&mut self, slot: u32, command: &mut Command) -> Result<Child, SpawnError> {
         let tid = nix::unistd::gettid().as_raw() as u32;
-        self.spawn_pending
-            .insert(tid, slot, 0)
+        let pidfd = thread_pidfd(tid).context("opening a pidfd of our own thread")?;
+        let spawner = ThreadState {
+            slot,
+            generation: self.target(slot).generation,
+            flags: thread::SPAWNER,
+            ..ThreadState::default()
+        };
+        self.threads
+            .set(pidfd.as_fd(), &spawner)
             .context("registering the command to track")?;
         let spawned = command.spawn();
-        let not_adopted = self.spawn_pending.remove(&tid).is_ok();
+        let not_adopted = matches!(self.threads.get(pidfd.as_fd()), Ok(Some(_)));
+        let _ = self.threads.remove(pidfd.as_fd());
         let program = command
             .as_std()
             .get_program()
@@ -311,72 +337,97 @@ impl Backend for EbpfBackend {
     }
 
     fn attach(&mut self, slot: u32, pid: u32) -> anyhow::Result<()> {
-        // The process first, then the gate, then its descendants: a child
-        // it forks meanwhile is adopted through it, one forked before is in
-        // the /proc scan that follows.
-        self.queue_threads_of(slot, pid)?;
-        self.set_adoption_gate(true)?;
-        for descendant in self.process_tree.descendants_of(pid) {
-            // A descendant that exits meanwhile is no error.
-            let _ = self.queue_threads_of(slot, descendant);
-        }
-        Ok(())
+        let config = self.config.get(slot);
+        let tree = TreeAttach {
+            storage: &self.threads,
+            config: &self.config,
+            records: &self.records,
+            target: self.target(slot),
+            flags: config.flags & collect::ALL,
+        };
+        let attached = tree.run(pid).map_err(|err| match err {
+            AttachError::Owned { pid, slot } => {
+                anyhow::Error::new(super::AlreadyMember { pid, slot })
+            }
+            other => anyhow::Error::new(other),
+        })?;
+        tracing::debug!("attached PID {pid}: {attached:?}");
+        // Baselines are taken, and the tree shows, at once.
+        self.run_pass()
     }
 
-    fn refresh(&mut self) {
-        self.sweep_adoptions();
+    fn refresh(&mut self) {}
+
+    fn sample(&mut self) -> anyhow::Result<()> {
+        self.run_pass()
     }
 
     fn totals(&mut self, slot: u32) -> anyhow::Result<TaskTotals> {
-        let per_cpu = self
-            .counters
-            .get(&slot, 0)
-            .with_context(|| format!("reading counters of task slot {slot}"))?;
-        let mut sum = TaskCounters::default();
-        per_cpu.iter().for_each(|cpu| sum.accumulate(cpu));
+        anyhow::ensure!(slot < MAX_TASKS, "task slot {slot} out of range");
+        let record = self.records.get(slot);
+        let counters = record.counters;
+        let net = record.net;
         Ok(TaskTotals {
-            cpu_ns: sum.cpu_ns,
-            live_processes: sum.live_processes(),
-            live_threads: sum.live_threads(),
-            processes_started: Some(sum.procs_started),
+            cpu_ns: counters.cpu_ns,
+            live_processes: record.procs_started.saturating_sub(record.procs_exited),
+            live_threads: record.threads_started.saturating_sub(record.threads_freed),
+            processes_started: Some(record.procs_started),
             disk: Some(DiskTotals {
-                read_bytes: sum.disk_read_bytes,
-                write_bytes: sum.disk_dirtied_bytes + sum.disk_direct_write_bytes,
-                breakdown: Some(DiskBreakdown {
-                    dirtied_bytes: sum.disk_dirtied_bytes,
-                    direct_write_bytes: sum.disk_direct_write_bytes,
-                    submitted_write_bytes: sum.disk_submitted_write_bytes,
-                    cancelled_write_bytes: sum.disk_cancelled_write_bytes,
+                read_bytes: counters.read_bytes,
+                write_bytes: counters.write_bytes,
+                details: Some(DiskDetails {
+                    cancelled_write_bytes: counters.cancelled_write_bytes,
+                    rchar: counters.rchar,
+                    wchar: counters.wchar,
+                    syscr: counters.syscr,
+                    syscw: counters.syscw,
                 }),
             }),
             net: Some(NetTotals {
-                tx: sum.net_tx,
-                rx: sum.net_rx,
+                tx: std::array::from_fn::<u64, NET_BUCKETS, _>(|b| net.tx_bytes[b]),
+                rx: std::array::from_fn::<u64, NET_BUCKETS, _>(|b| net.rx_bytes[b]),
             }),
         })
     }
 
-    fn processes(&mut self) -> StdHashMap<u32, Vec<u32>> {
-        let mut by_slot: StdHashMap<u32, Vec<u32>> = StdHashMap::new();
-        // An entry removed while we iterate ends the walk early or is
-        // skipped; the next sample sees a consistent map again.
-        for (tgid, slot) in self.procs.iter().flatten() {
-            by_slot.entry(slot).or_default().push(tgid);
+    fn processes(&mut self, slot: u32) -> ProcessSample {
+        if slot >= MAX_TASKS {
+            return ProcessSample::default();
         }
-        by_slot
+        let snapshot = self.records.get(slot).snapshot;
+        if snapshot.pass != self.control.get(0).pass {
+            return ProcessSample::default(); // no live thread in the last pass
+        }
+        ProcessSample {
+            memory_bytes: snapshot.rss_pages * procfs::page_size(),
+            threads: Some(snapshot.threads),
+            file_descriptors: Some(snapshot.file_descriptors),
+            processes: snapshot.processes,
+        }
     }
 
-    fn sample_processes(&mut self, pids: &[u32]) -> ProcessSample {
-        super::procfs::sample_processes(pids.iter().copied())
+    fn enable_discovery(&mut self, require_lineage: bool) -> anyhow::Result<()> {
+        self.set_switch(switch::REQUIRE_LINEAGE, require_lineage)?;
+        self.set_switch(switch::DISCOVERY, true)
     }
 
     fn discover(&mut self, slot: u32, task_id: &str) -> anyhow::Result<()> {
         let key = discovery_key(task_id)?;
         self.discover
-            .insert(key, slot, 0)
-            .context("registering a task id for exec discovery")?;
+            .insert(key, self.target(slot), 0)
+            .map_err(|err| match err {
+                aya::maps::MapError::SyscallError(ref e)
+                    if e.io_error.raw_os_error() == Some(libc::E2BIG) =>
+                {
+                    anyhow!(
+                        "{} tasks are already waiting for their process (the kernel's limit)",
+                        monitor_common::MAX_DISCOVERIES
+                    )
+                }
+                other => anyhow::Error::new(other).context("registering a task id for discovery"),
+            })?;
         self.discovering.insert(task_id.to_owned(), slot);
-        self.set_discovery_gate()
+        Ok(())
     }
 
     fn forget_discovery(&mut self, task_id: &str) {
@@ -386,64 +437,147 @@ impl Backend for EbpfBackend {
         if let Ok(key) = discovery_key(task_id) {
             let _ = self.discover.remove(&key);
         }
-        if let Err(err) = self.set_discovery_gate() {
-            tracing::warn!("{err:#}");
+    }
+
+    fn add_provisional_slot(&mut self, slot: u32) -> anyhow::Result<()> {
+        // Everything is collected; the task's profile decides what it shows.
+        let profile = crate::profiles::Preset::Intensive.profile();
+        self.prepare(slot, &profile, SlotRole::Provisional)?;
+        let target = self.target(slot);
+        self.provisional_pool
+            .push(target, 0)
+            .context("handing a provisional slot to the kernel")
+    }
+
+    fn end_provisional(&mut self, task_id: &str) {
+        if let Ok(key) = discovery_key(task_id) {
+            let _ = self.provisional.remove(&key);
         }
     }
 
     fn events(&mut self) -> BackendEvents {
-        let mut maybe_ended = BTreeSet::new();
-        let mut discovered = BTreeSet::new();
+        let mut result = BackendEvents::default();
         while let Some(item) = self.events.next() {
-            match read_event(&item) {
-                Some(TaskEvent {
-                    slot,
-                    kind: TaskEvent::DISCOVERED,
-                }) => {
-                    discovered.insert(slot);
+            let Some(event) = read_event(&item) else {
+                continue;
+            };
+            if self.config.get(event.slot).generation != event.generation {
+                continue; // about a task that ended since
+            }
+            match event.kind {
+                TaskEvent::DISCOVERED => {
+                    self.discovering.retain(|_, slot| *slot != event.slot);
+                    result.discovered.push(event.slot);
                 }
-                Some(event) => {
-                    maybe_ended.insert(event.slot);
+                TaskEvent::PROVISIONAL => {
+                    let id = String::from_utf8_lossy(&event.task_id)
+                        .trim_end_matches('\0')
+                        .to_owned();
+                    result.provisional.push((id, event.slot));
                 }
-                None => {}
+                _ => result.maybe_ended.push(event.slot),
             }
         }
-        if !discovered.is_empty() {
-            // The kernel removed the ids it matched.
-            self.discovering
-                .retain(|_, slot| !discovered.contains(slot));
-            if let Err(err) = self.set_discovery_gate() {
-                tracing::warn!("{err:#}");
-            }
-        }
-        let drops = self.kernel_stats().map(|s| s.event_drops).unwrap_or(0);
+        let drops = self.kernel_stats().event_drops;
         if drops > self.reported.event_drops {
             // Events were lost: look at every task once.
             self.reported.event_drops = drops;
-            maybe_ended.extend(self.active.iter().copied());
+            result.maybe_ended.extend(self.active.iter().copied());
         }
-        BackendEvents {
-            maybe_ended: maybe_ended.into_iter().collect(),
-            discovered: discovered.into_iter().collect(),
-        }
+        result.maybe_ended.sort_unstable();
+        result.maybe_ended.dedup();
+        result
+    }
+
+    fn event_fd(&self) -> Option<i32> {
+        Some(self.events.as_raw_fd())
     }
 
     fn release(&mut self, slot: u32) {
+        if slot >= MAX_TASKS {
+            return;
+        }
         self.active.remove(&slot);
+        let generation = self.config.get(slot).generation.wrapping_add(1);
+        // Every thread that still names the slot is a stranger from now on.
+        self.set_config(
+            slot,
+            TaskConfig {
+                generation,
+                flags: 0,
+            },
+        );
+    }
+
+    fn resumed(&self) -> bool {
+        self.resumed
+    }
+
+    fn live_generation(&self, slot: u32) -> Option<u32> {
+        let config = (slot < MAX_TASKS).then(|| self.config.get(slot))?;
+        (config.flags & slot::IN_USE != 0).then_some(config.generation)
+    }
+
+    fn adopt_slot(&mut self, slot: u32) {
+        self.active.insert(slot);
+    }
+
+    fn drain_provisional_pool(&mut self) -> Vec<u32> {
+        let mut slots = Vec::new();
+        while let Ok(target) = self.provisional_pool.pop(0) {
+            slots.push(target.slot);
+        }
+        slots
+    }
+
+    fn user_words(&self, slot: u32) -> [u64; USER_WORDS] {
+        let words = self.records.get(slot).user.words;
+        std::array::from_fn(|index| words[index])
+    }
+
+    fn set_user_words(&mut self, slot: u32, words: [u64; USER_WORDS]) {
+        let base = offset_of!(TaskRecord, user);
+        for (index, word) in words.into_iter().enumerate() {
+            self.records
+                .word(slot, base + index * 8)
+                .store(word, Ordering::Relaxed);
+        }
     }
 
     fn new_losses(&mut self) -> Option<String> {
-        let stats = self.kernel_stats().ok()?;
-        let threads = stats.thread_insert_failures - self.reported.thread_insert_failures;
-        let procs = stats.proc_insert_failures - self.reported.proc_insert_failures;
-        self.reported.thread_insert_failures = stats.thread_insert_failures;
-        self.reported.proc_insert_failures = stats.proc_insert_failures;
-        (threads + procs > 0).then(|| {
-            format!(
-                "the kernel could not record {threads} new threads and {procs} new processes \
-                 (maps full): their figures are missing"
-            )
-        })
+        let stats = self.kernel_stats();
+        let storage = stats.storage_failures - self.reported.storage_failures;
+        let refused = stats.lineage_refused - self.reported.lineage_refused;
+        let exhausted = stats.provisional_exhausted - self.reported.provisional_exhausted;
+        let argv = stats.argv_read_failures - self.reported.argv_read_failures;
+        self.reported = KernelStats {
+            event_drops: self.reported.event_drops,
+            ..stats
+        };
+        let mut lines = Vec::new();
+        if storage > 0 {
+            lines.push(format!(
+                "the kernel could not give {storage} new threads their task (out of memory): \
+                 their figures are missing"
+            ));
+        }
+        if refused > 0 {
+            lines.push(format!(
+                "{refused} module execs were refused: they do not descend from the proplet"
+            ));
+        }
+        if exhausted > 0 {
+            lines.push(format!(
+                "{exhausted} module execs came before their start message with no provisional \
+                 slot left: those tasks will be found only if they exec again"
+            ));
+        }
+        if argv > 0 {
+            lines.push(format!(
+                "{argv} execs could not be searched for a module (argv unreadable)"
+            ));
+        }
+        (!lines.is_empty()).then(|| lines.join("; "))
     }
 }
 
@@ -452,6 +586,7 @@ fn collect_flags(profile: &MonitoringProfile) -> u32 {
         (profile.collect_cpu, collect::CPU),
         (profile.collect_disk_io, collect::DISK),
         (profile.collect_network_io, collect::NETWORK),
+        (profile.collect_file_descriptors, collect::FILE_DESCRIPTORS),
     ]
     .into_iter()
     .filter(|(wanted, _)| *wanted)
@@ -459,7 +594,7 @@ fn collect_flags(profile: &MonitoringProfile) -> u32 {
 }
 
 /// A task id as the kernel compares it: NUL-padded bytes.
-fn discovery_key(task_id: &str) -> anyhow::Result<[u8; DISCOVERY_ID_BYTES]> {
+pub fn discovery_key(task_id: &str) -> anyhow::Result<[u8; DISCOVERY_ID_BYTES]> {
     let bytes = task_id.as_bytes();
     anyhow::ensure!(
         !bytes.is_empty() && bytes.len() < DISCOVERY_ID_BYTES,
@@ -482,52 +617,13 @@ fn read_event(bytes: &[u8]) -> Option<TaskEvent> {
     })
 }
 
-/// The parent -> children map of `/proc`, read at most once a second:
-/// attaching many tasks at once must not read the whole process table for
-/// each. A child forked after the reading is adopted through its parent.
-#[derive(Default)]
-struct ProcessTree {
-    children: StdHashMap<u32, Vec<u32>>,
-    read_at: Option<Instant>,
-}
-
-impl ProcessTree {
-    /// Every process below `pid`.
-    fn descendants_of(&mut self, pid: u32) -> Vec<u32> {
-        if self
-            .read_at
-            .is_none_or(|at| at.elapsed() > Duration::from_secs(1))
-        {
-            self.read();
-        }
-        let mut found = Vec::new();
-        let mut queue = vec![pid];
-        while let Some(parent) = queue.pop() {
-            for &child in self.children.get(&parent).into_iter().flatten() {
-                found.push(child);
-                queue.push(child);
-            }
-        }
-        found
-    }
-
-    fn read(&mut self) {
-        self.children.clear();
-        if let Ok(all) = procfs::process::all_processes() {
-            for process in all.flatten() {
-                if let Ok(stat) = process.stat() {
-                    self.children
-                        .entry(stat.ppid as u32)
-                        .or_default()
-                        .push(stat.pid as u32);
-                }
-            }
-        }
-        self.read_at = Some(Instant::now());
-    }
-}
-
-fn attach(ebpf: &mut Ebpf, hook: &Hook, btf: &Btf) -> anyhow::Result<()> {
+/// Loads and attaches one hook; with `pins`, pins its link and returns it.
+fn attach(
+    ebpf: &mut Ebpf,
+    hook: &Hook,
+    btf: &Btf,
+    pins: Option<&Pins>,
+) -> anyhow::Result<Option<aya::programs::links::PinnedLink>> {
     let Hook {
         kind,
         program: name,
@@ -539,19 +635,46 @@ fn attach(ebpf: &mut Ebpf, hook: &Hook, btf: &Btf) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
     let loading = || format!("loading the {name} program for {target}");
     let attaching = || format!("attaching to {target}");
-    match kind {
+    let link: FdLink = match kind {
         Kind::Tracepoint => {
             let program: &mut BtfTracePoint = program.try_into()?;
             program.load(target, btf).with_context(loading)?;
-            program.attach().with_context(attaching)?;
+            let id = program.attach().with_context(attaching)?;
+            if pins.is_none() {
+                return Ok(None);
+            }
+            program.take_link(id)?.into()
         }
         Kind::FExit => {
             let program: &mut FExit = program.try_into()?;
             program.load(target, btf).with_context(loading)?;
-            program.attach().with_context(attaching)?;
+            let id = program.attach().with_context(attaching)?;
+            if pins.is_none() {
+                return Ok(None);
+            }
+            program.take_link(id)?.into()
         }
-    }
-    Ok(())
+    };
+    let Some(pins) = pins else {
+        return Ok(None);
+    };
+    let path = pins.link_path(name);
+    let pinned = link
+        .pin(&path)
+        .with_context(|| format!("pinning the {name} link at {}", path.display()))?;
+    Ok(Some(pinned))
+}
+
+/// Loads the sampling pass and makes the link each pass is run from.
+fn attach_pass(ebpf: &mut Ebpf, btf: &Btf) -> anyhow::Result<IterLink> {
+    let program: &mut Iter = ebpf
+        .program_mut(SAMPLING_PASS)
+        .ok_or_else(|| anyhow!("program {SAMPLING_PASS} missing from the eBPF object"))?
+        .try_into()?;
+    program
+        .load("task", btf)
+        .context("loading the sampling pass (a task iterator, Linux 5.8+)")?;
+    IterLink::attach(program.fd()?.as_fd()).context("attaching the sampling pass")
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
@@ -559,9 +682,20 @@ fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
         .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
 }
 
-/// Parsing the kernel's BTF twice (offsets, then program loading) takes
-/// tens of MB for a moment; hand it back to the system rather than keep it
-/// in the allocator for the agent's whole life.
+fn map_data<'a>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a MapData> {
+    let map = ebpf
+        .map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
+    Ok(match map {
+        aya::maps::Map::Array(data)
+        | aya::maps::Map::Unsupported(data)
+        | aya::maps::Map::HashMap(data) => data,
+        _ => return Err(anyhow!("map {name} has an unexpected type")),
+    })
+}
+
+/// Parsing the kernel's BTF takes tens of MB for a moment; hand it back to
+/// the system rather than keep it in the allocator for the agent's life.
 fn release_freed_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns free heap pages to the kernel.
