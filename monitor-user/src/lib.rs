@@ -7,6 +7,7 @@
 //! - `collect`: where the numbers come from (`ebpf` in the kernel, `procfs`).
 //! - `message`: the JSON messages we emit, field for field; `export` sends them.
 //! - `proplet`: the agent's own metrics; `propeller`: the Manager's control messages.
+//! - `input`: bounds on what users and messages give (files, ids, log text).
 //! - `cli`: one module per subcommand.
 
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod duration;
 pub mod engine;
 pub mod export;
 pub mod history;
+pub mod input;
 pub mod message;
 pub mod profiles;
 pub mod propeller;
