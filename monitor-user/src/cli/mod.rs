@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand, builder::BoolishValueParser};
 
 use crate::{
     collect::BackendChoice,
-    duration::parse_interval,
+    duration::{parse_interval, parse_seconds},
     profiles::{MonitoringProfile, Preset, parse_profile_json},
     proplet::parse_metrics_interval,
 };
@@ -249,7 +249,7 @@ pub enum BenchLoad {
     },
     /// One TCP stream over loopback, 64 KiB writes, for SECONDS.
     TcpStream {
-        #[arg(long, default_value_t = 2.0)]
+        #[arg(long, value_parser = parse_seconds, default_value_t = 2.0)]
         seconds: f64,
     },
     /// COUNT 64-byte UDP datagrams over loopback.
@@ -327,7 +327,7 @@ pub enum WorkloadKind {
     },
     /// Burn one core for the given time.
     Busy {
-        #[arg(long, default_value_t = 5.0)]
+        #[arg(long, value_parser = parse_seconds, default_value_t = 5.0)]
         seconds: f64,
     },
     /// Fork COUNT children that exit at once, reap them, then linger.
@@ -335,7 +335,7 @@ pub enum WorkloadKind {
         #[arg(long, default_value_t = 10_000)]
         count: u32,
         /// Seconds to stay alive after the storm.
-        #[arg(long, default_value_t = 0.0)]
+        #[arg(long, value_parser = parse_seconds, default_value_t = 0.0)]
         linger: f64,
     },
     /// TCP, UDP and AF_UNIX traffic through every kind of socket call, on
@@ -404,7 +404,7 @@ pub enum WorkloadKind {
         file: std::path::PathBuf,
         #[arg(long, default_value_t = 16)]
         mib: usize,
-        #[arg(long, default_value_t = 2.0)]
+        #[arg(long, value_parser = parse_seconds, default_value_t = 2.0)]
         hold: f64,
         #[arg(long)]
         report: Option<std::path::PathBuf>,

@@ -152,3 +152,33 @@ fn unprivileged_run_falls_back_to_sysinfo() {
         "sysinfo cannot attribute network bytes"
     );
 }
+
+/// propmon with `args` run to its end (killed after 20 s: an invalid
+/// setting that slipped through would otherwise run forever).
+fn run_args(args: &[&str]) -> crate::Finished {
+    let mut command = propmon(args);
+    command.stdin(std::process::Stdio::null());
+    run_to_end(command, Duration::from_secs(20))
+}
+
+/// Issue 10: durations out of range are refused by the parser (exit 2)
+/// instead of overflowing the clock (a panic, exit 101).
+#[test]
+fn absurd_durations_are_refused_not_panicked_on() {
+    for (args, expected) in [
+        (
+            &["agent", "--metrics-interval", "9223372036854775807"][..],
+            "between 1s and 24h",
+        ),
+        (&["agent", "--discovery-grace", "1000y"][..], "out of range"),
+        (
+            &["workload", "busy", "--seconds=-1"][..],
+            "must be between 0 and 86400",
+        ),
+    ] {
+        let run = run_args(args);
+        assert_eq!(run.status.code(), Some(2), "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains(expected), "{args:?}: {}", run.stderr);
+        assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    }
+}
