@@ -19,6 +19,7 @@ use std::{
 use crate::{
     collect::{Backend, SpawnError, TaskTotals},
     export::{Outgoing, Sink},
+    input::untrusted,
     message::Source,
     profiles::{MonitoringProfile, Preset},
     tasks::{Observation, SlotAllocator, Task, TaskSpec},
@@ -91,9 +92,10 @@ impl Engine {
     /// Starts `command` as a new task.
     pub fn spawn(
         &mut self,
-        spec: TaskSpec,
+        mut spec: TaskSpec,
         command: &mut tokio::process::Command,
     ) -> Result<(u32, tokio::process::Child), SpawnError> {
+        self.fit_history(&mut spec);
         let slot = self.reserve(&spec.profile)?;
         match self.backend.spawn(slot, command) {
             Ok(child) => {
@@ -108,7 +110,8 @@ impl Engine {
     }
 
     /// Starts monitoring the running process `pid` and its descendants.
-    pub fn attach(&mut self, spec: TaskSpec, pid: u32) -> anyhow::Result<u32> {
+    pub fn attach(&mut self, mut spec: TaskSpec, pid: u32) -> anyhow::Result<u32> {
+        self.fit_history(&mut spec);
         let slot = self.reserve(&spec.profile)?;
         if let Err(err) = self.backend.attach(slot, pid) {
             self.unreserve(slot);
@@ -120,7 +123,8 @@ impl Engine {
 
     /// Registers a task whose root process will be found at exec, by its
     /// module path (`proplet_<task_id>.wasm` in argv).
-    pub fn discover(&mut self, spec: TaskSpec) -> anyhow::Result<u32> {
+    pub fn discover(&mut self, mut spec: TaskSpec) -> anyhow::Result<u32> {
+        self.fit_history(&mut spec);
         let slot = self.reserve(&spec.profile)?;
         if let Err(err) = self.backend.discover(slot, &spec.task_id) {
             self.unreserve(slot);
@@ -137,6 +141,7 @@ impl Engine {
         let slot = self.proplet_slot(pid)?;
         let baseline = self.backend.totals(slot)?;
         spec.attribution = Some(PROPLET_PROCESS_ATTRIBUTION.to_owned());
+        self.fit_history(&mut spec);
         let mut task = Task::new(spec, slot, Instant::now());
         task.set_baseline(baseline);
         self.insert(task);
@@ -185,6 +190,19 @@ impl Engine {
         self.finish_key(key)
     }
 
+    /// Bounds a new task's history: per task, and across all tasks, so
+    /// that start messages cannot buy unbounded memory.
+    fn fit_history(&self, spec: &mut TaskSpec) {
+        let kept = self
+            .tasks
+            .values()
+            .map(|task| task.spec.profile.history_capacity())
+            .sum();
+        if let Some(cut) = spec.profile.fit_history(kept) {
+            tracing::warn!("task {}: {cut}", untrusted(&spec.task_id));
+        }
+    }
+
     fn insert(&mut self, task: Task) {
         self.tasks.insert(self.next_key, task);
         self.next_key += 1;
@@ -220,7 +238,10 @@ impl Engine {
         let events = self.backend.events();
         for task in self.tasks.values_mut() {
             if events.discovered.contains(&task.slot) && task.awaiting_discovery {
-                tracing::info!("task {}: its process appeared", task.spec.task_id);
+                tracing::info!(
+                    "task {}: its process appeared",
+                    untrusted(&task.spec.task_id)
+                );
                 task.discovered(now);
             }
         }
@@ -289,7 +310,7 @@ impl Engine {
             if now.duration_since(since) > UNREAPED_GRACE {
                 tracing::warn!(
                     "task {}: its processes exited but are not reaped; reporting it as ended",
-                    task.spec.task_id
+                    untrusted(&task.spec.task_id)
                 );
                 ended = true;
             }
@@ -413,9 +434,7 @@ pub fn task_spec(
     proplet_id: &str,
     profile: MonitoringProfile,
 ) -> anyhow::Result<TaskSpec> {
-    let task_id = task_id.trim();
-    anyhow::ensure!(!task_id.is_empty(), "a task id must not be empty");
-    anyhow::ensure!(task_id.len() <= 256, "task id is longer than 256 bytes");
+    let task_id = crate::input::check_task_id("task id", task_id)?;
     Ok(TaskSpec {
         task_id: task_id.to_owned(),
         proplet_id: proplet_id.to_owned(),

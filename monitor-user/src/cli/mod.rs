@@ -12,15 +12,26 @@ pub mod workload;
 
 use std::{ffi::OsString, path::PathBuf, time::Duration};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, builder::BoolishValueParser};
 
 use crate::{
     collect::BackendChoice,
     duration::{parse_interval, parse_seconds},
+    input::{check_topic_level, read_text_file},
     profiles::{MonitoringProfile, Preset, parse_profile_json},
     proplet::parse_metrics_interval,
 };
+
+/// Most messages `--mqtt-queue-size` may keep: about 1 KB each, so 1 GB.
+pub const MAX_MQTT_QUEUE_SIZE: usize = 1_000_000;
+
+/// Checks a proplet id (`--proplet-id`, `PROPLET_ID`, the host name): it
+/// is matched against the Manager's messages and names our MQTT client.
+pub fn check_proplet_id(id: &str) -> anyhow::Result<()> {
+    check_topic_level("--proplet-id", id)?;
+    Ok(())
+}
 
 /// propmon measures what every task on an edge node consumes, from inside
 /// the kernel, and reports it as Propeller metrics.
@@ -70,7 +81,7 @@ pub struct ProfileArgs {
 }
 
 impl ProfileArgs {
-    /// The profile asked for, if any.
+    /// The profile asked for, if any; what was ignored in it is logged.
     pub fn resolve(&self) -> anyhow::Result<Option<MonitoringProfile>> {
         if let Some(preset) = self.profile {
             return Ok(Some(preset.profile()));
@@ -79,11 +90,16 @@ impl ProfileArgs {
             return Ok(None);
         };
         let text = match json.strip_prefix('@') {
-            Some(path) => std::fs::read_to_string(path)
-                .with_context(|| format!("reading the profile file {path}"))?,
+            Some(path) => {
+                read_text_file(path.as_ref()).with_context(|| format!("the profile file {path}"))?
+            }
             None => json.clone(),
         };
-        Ok(Some(parse_profile_json(&text)?))
+        let parsed = parse_profile_json(&text)?;
+        for note in &parsed.notes {
+            tracing::warn!("{note}");
+        }
+        Ok(Some(parsed.profile))
     }
 }
 
@@ -139,11 +155,18 @@ impl MqttArgs {
             return Ok(None);
         };
         let (Some(domain_id), Some(channel_id)) = (&self.domain_id, &self.channel_id) else {
-            anyhow::bail!(
+            bail!(
                 "--mqtt-url needs --domain-id and --channel-id \
                  (PROPLET_DOMAIN_ID, PROPLET_CHANNEL_ID) to build the topics"
             );
         };
+        check_topic_level("--domain-id", domain_id)?;
+        check_topic_level("--channel-id", channel_id)?;
+        self.check_broker(&url)?;
+        let queue_size = self.mqtt_queue_size.unwrap_or(DEFAULT_QUEUE_SIZE);
+        if !(1..=MAX_MQTT_QUEUE_SIZE).contains(&queue_size) {
+            bail!("--mqtt-queue-size {queue_size}: must be between 1 and {MAX_MQTT_QUEUE_SIZE}");
+        }
         let mut settings = MqttSettings {
             url,
             client_id: self
@@ -156,11 +179,26 @@ impl MqttArgs {
             domain_id: domain_id.clone(),
             channel_id: channel_id.clone(),
             topic_style: self.topic_style.unwrap_or(TopicStyle::Propeller),
-            queue_size: self.mqtt_queue_size.unwrap_or(DEFAULT_QUEUE_SIZE),
+            queue_size,
             subscribe: Vec::new(),
         };
         settings.subscribe = subscribe.iter().map(|path| settings.topic(path)).collect();
         Ok(Some(settings))
+    }
+
+    /// The broker's address, and the CA file TLS needs, checked now: at
+    /// connection time they would be propmon's failure, not a bad argument.
+    fn check_broker(&self, url: &str) -> anyhow::Result<()> {
+        let endpoint = crate::export::mqtt::Endpoint::parse(url).context("--mqtt-url")?;
+        if endpoint.tls && cfg!(feature = "tls") {
+            let Some(ca_file) = &self.mqtt_ca_file else {
+                bail!("mqtts:// needs the broker's CA certificate: pass --mqtt-ca-file FILE (PEM)");
+            };
+            read_text_file(ca_file).with_context(|| {
+                format!("--mqtt-ca-file: the CA certificate {}", ca_file.display())
+            })?;
+        }
+        Ok(())
     }
 }
 

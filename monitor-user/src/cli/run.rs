@@ -11,13 +11,14 @@ use anyhow::Context as _;
 use tokio::{process::Command, time::sleep_until};
 
 use super::{
-    RunArgs,
+    RunArgs, check_proplet_id,
     signals::{Stop, StopSignals, forward},
 };
 use crate::{
     collect::{self, BackendChoice, SpawnError},
     engine::{Engine, task_spec},
     export::{self, Fanout, Sink, mqtt::MqttSettings, stdout::StdoutSink},
+    input::check_task_id,
     profiles::Preset,
     tasks::TaskSpec,
 };
@@ -42,15 +43,18 @@ impl RunSettings {
     fn from_args(args: RunArgs) -> anyhow::Result<Self> {
         let mut profile = args
             .profile
-            .resolve()?
+            .resolve()
+            .context("--profile-json")?
             .unwrap_or_else(|| Preset::Standard.profile());
         if let Some(interval) = args.interval {
             profile.interval = interval;
         }
         let proplet_id = args.proplet_id.unwrap_or_else(host_name);
+        check_proplet_id(&proplet_id)?;
         let task_id = args
             .task_id
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        check_task_id("--task-id", &task_id)?;
         Ok(RunSettings {
             mqtt: args.mqtt.settings(&proplet_id, &[])?,
             spec: task_spec(&task_id, &proplet_id, profile)?,

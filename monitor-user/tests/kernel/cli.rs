@@ -175,10 +175,45 @@ fn absurd_durations_are_refused_not_panicked_on() {
             &["workload", "busy", "--seconds=-1"][..],
             "must be between 0 and 86400",
         ),
+        (
+            &["agent", "--attach", "a\u{1b}[2J=1"][..],
+            "contains a control character",
+        ),
     ] {
         let run = run_args(args);
         assert_eq!(run.status.code(), Some(2), "{args:?}: {}", run.stderr);
         assert!(run.stderr.contains(expected), "{args:?}: {}", run.stderr);
         assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
     }
+}
+
+/// Issue 10: a misspelt profile field is named in a warning, and a history
+/// window above the per-task maximum is cut with a warning naming the task.
+#[test]
+fn odd_profiles_are_warned_about() {
+    let run = run_args(&[
+        "run",
+        "--backend",
+        "sysinfo",
+        "--task-id",
+        "odd",
+        "--profile-json",
+        r#"{"intervall": 1, "history_size": 1000000}"#,
+        "--",
+        "true",
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", run.stderr);
+    let warnings: Vec<&str> = run.stderr.lines().filter(|l| l.contains("WARN")).collect();
+    assert!(
+        warnings[0].contains(r#"monitoring profile: unknown field "intervall" ignored (known fields: enabled, interval,"#),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        warnings[1].contains("task odd: history_size 1000000 cut to 10000 samples"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(warnings.len(), 2, "{}", run.stderr);
+    assert!(run.final_message().is_final);
 }
