@@ -12,7 +12,7 @@ use tokio::time::sleep_until;
 use tokio::sync::mpsc;
 
 use super::{
-    AgentArgs, ProfileArgs, check_proplet_id, config::ConfigFile, run::host_name,
+    AgentArgs, BadUsage, ProfileArgs, check_proplet_id, config::ConfigFile, run::host_name,
     signals::StopSignals,
 };
 use crate::{
@@ -214,14 +214,19 @@ impl AgentSettings {
     }
 }
 
+/// Exit status: 0 once stopped by a signal, 2 for invalid settings (see
+/// [`BadUsage`]), 125 if the agent itself failed (e.g. eBPF unavailable).
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
-    let settings = AgentSettings::from_args(args)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let settings = AgentSettings::from_args(args).map_err(BadUsage)?;
+    let served = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(serve(settings))?;
-    Ok(ExitCode::SUCCESS)
+        .context("starting the async runtime")
+        .and_then(|runtime| runtime.block_on(serve(settings)));
+    Ok(match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => super::failed(&error),
+    })
 }
 
 /// How long the agent waits at exit for the broker to take the final messages.

@@ -23,8 +23,26 @@ use crate::{
     proplet::parse_metrics_interval,
 };
 
+/// Exit status for invalid arguments or configuration, as clap gives for
+/// its own errors.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status when propmon itself failed (e.g. eBPF unavailable), as
+/// `env`, `timeout` and `docker run` do.
+pub const EXIT_PROPMON_FAILED: u8 = 125;
 /// Most messages `--mqtt-queue-size` may keep: about 1 KB each, so 1 GB.
 pub const MAX_MQTT_QUEUE_SIZE: usize = 1_000_000;
+
+/// An invalid argument or configuration value: `main` prints it on one
+/// line and exits with [`EXIT_USAGE`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct BadUsage(pub anyhow::Error);
+
+/// Prints propmon's own failure and gives [`EXIT_PROPMON_FAILED`].
+pub fn failed(error: &anyhow::Error) -> std::process::ExitCode {
+    eprintln!("propmon: {error:#}");
+    std::process::ExitCode::from(EXIT_PROPMON_FAILED)
+}
 
 /// Checks a proplet id (`--proplet-id`, `PROPLET_ID`, the host name): it
 /// is matched against the Manager's messages and names our MQTT client.

@@ -161,6 +161,92 @@ fn run_args(args: &[&str]) -> crate::Finished {
     run_to_end(command, Duration::from_secs(20))
 }
 
+/// Issue 10: invalid arguments and configuration exit 2 with one line
+/// `propmon: ...` on stderr, before anything runs; files are read up to
+/// 1 MiB, devices not at all; ids are checked where they enter.
+#[test]
+fn invalid_settings_exit_2_with_one_line() {
+    let big = crate::scratch("big.json");
+    std::fs::write(&big, format!("{{\"interval\": 5{}}}", " ".repeat(1 << 20))).unwrap();
+    let big_profile = format!("@{}", big.display());
+    let config = crate::scratch("config.toml");
+    std::fs::write(&config, "metrics_interval = 9223372036854775807\n").unwrap();
+    let config = config.display().to_string();
+    let long_id = "t".repeat(256);
+    let mqtt = |domain: &'static str, channel: &'static str| {
+        vec![
+            "agent",
+            "--backend",
+            "sysinfo",
+            "--mqtt-url",
+            "mqtt://127.0.0.1:1",
+            "--domain-id",
+            domain,
+            "--channel-id",
+            channel,
+        ]
+    };
+    let run = |extra: &[&'static str]| {
+        let mut args = vec!["run", "--backend", "sysinfo"];
+        args.extend_from_slice(extra);
+        args.extend(["--", "true"]);
+        args
+    };
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (run(&["--task-id", ""]), "--task-id is empty"),
+        (
+            run(&["--task-id", "a\nb"]),
+            r#"--task-id "a\nb" contains a control character"#,
+        ),
+        (
+            vec!["run", "--task-id", &long_id, "--", "true"],
+            "--task-id is 256 bytes long; the limit is 255",
+        ),
+        (
+            run(&["--proplet-id", "edge/7"]),
+            r#"--proplet-id "edge/7" contains '/'"#,
+        ),
+        (
+            run(&["--profile-json", "{"]),
+            "--profile-json: monitoring profile is not valid JSON",
+        ),
+        (
+            run(&["--profile-json", "@/dev/zero"]),
+            "the profile file /dev/zero: not a regular file (a character device)",
+        ),
+        (
+            vec!["run", "--profile-json", &big_profile, "--", "true"],
+            "larger than the limit of 1 MiB",
+        ),
+        (
+            vec!["agent", "--config", "/dev/zero"],
+            "--config: the configuration file /dev/zero: not a regular file",
+        ),
+        (
+            vec!["agent", "--config", &config],
+            r#"interval "9223372036854775807" is out of range"#,
+        ),
+        (
+            run(&["--mqtt-url", "mqtt://127.0.0.1:1"]),
+            "--mqtt-url needs --domain-id and --channel-id",
+        ),
+        (mqtt("a/#", "c"), r#"--domain-id "a/#" contains '/'"#),
+        (mqtt("+", "c"), r#"--domain-id "+" contains '+'"#),
+        (mqtt("d", "#"), r##"--channel-id "#" contains '#'"##),
+        (mqtt("", "c"), "--domain-id is empty"),
+    ];
+    for (args, expected) in cases {
+        let run = run_args(&args);
+        let shown = format!("{:.80?}: {}", args, run.stderr);
+        assert_eq!(run.status.code(), Some(2), "{shown}");
+        assert_eq!(run.stderr.lines().count(), 1, "one line: {shown}");
+        assert!(run.stderr.starts_with("propmon: "), "{shown}");
+        assert!(run.stderr.contains(expected), "{shown}");
+        assert!(run.stdout_lines.is_empty(), "{shown}");
+    }
+    let _ = std::fs::remove_file(big);
+}
+
 /// Issue 10: durations out of range are refused by the parser (exit 2)
 /// instead of overflowing the clock (a panic, exit 101).
 #[test]
@@ -216,4 +302,19 @@ fn odd_profiles_are_warned_about() {
     );
     assert_eq!(warnings.len(), 2, "{}", run.stderr);
     assert!(run.final_message().is_final);
+}
+
+/// Issue 10: `agent --backend ebpf` without privileges exits 125, as `run`
+/// does, with one line naming what is missing.
+#[test]
+fn unprivileged_ebpf_agent_exits_125() {
+    let Some(_serial) = kernel_test() else { return };
+    let output = as_nobody(&["agent", "--backend", "ebpf"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(125), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("propmon: eBPF unavailable"), "{stderr}");
 }
