@@ -36,6 +36,20 @@ pub fn is_valid_interval(duration: Duration) -> bool {
     (MIN_INTERVAL..=MAX_INTERVAL).contains(&duration)
 }
 
+/// Parses a number of seconds such as `2.5` (the workloads' `--seconds`),
+/// from 0 to one day: a negative, infinite or absurd value is refused
+/// rather than turned into a `Duration` that panics or never ends.
+pub fn parse_seconds(input: &str) -> Result<f64, String> {
+    let seconds: f64 = input
+        .trim()
+        .parse()
+        .map_err(|_| format!("{input:?} is not a number of seconds (e.g. 2.5)"))?;
+    if !(0.0..=MAX_INTERVAL.as_secs_f64()).contains(&seconds) {
+        return Err(format!("{input:?} seconds: must be between 0 and 86400"));
+    }
+    Ok(seconds)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +78,17 @@ mod tests {
                 "{input}: {err}"
             );
             assert!(err.to_string().contains(&format!("{input:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn seconds_are_bounded() {
+        assert_eq!(parse_seconds("2.5"), Ok(2.5));
+        assert_eq!(parse_seconds("0"), Ok(0.0));
+        assert_eq!(parse_seconds("86400"), Ok(86400.0));
+        for bad in ["-1", "inf", "NaN", "1e300", "86401", "soon"] {
+            let err = parse_seconds(bad).unwrap_err();
+            assert!(err.contains(&format!("{bad:?}")), "{err}");
         }
     }
 

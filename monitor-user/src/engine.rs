@@ -24,6 +24,7 @@ use std::{
 use crate::{
     collect::{AlreadyMember, Backend, ProcessSample, SlotRole, SpawnError, TaskTotals},
     export::{Outgoing, Sink},
+    input::untrusted,
     message::{EndReason, Source},
     profiles::{MonitoringProfile, Preset},
     tasks::{Observation, SlotAllocator, Task, TaskSpec},
@@ -153,9 +154,10 @@ impl Engine {
     /// Starts `command` as a new task.
     pub fn spawn(
         &mut self,
-        spec: TaskSpec,
+        mut spec: TaskSpec,
         command: &mut tokio::process::Command,
     ) -> Result<(u32, tokio::process::Child), SpawnError> {
+        self.fit_history(&mut spec);
         let slot = self.reserve(&spec.profile, SlotRole::Task)?;
         match self.backend.spawn(slot, command) {
             Ok(child) => {
@@ -172,7 +174,8 @@ impl Engine {
     }
 
     /// Starts monitoring the running process `pid` and its descendants.
-    pub fn attach(&mut self, spec: TaskSpec, pid: u32) -> anyhow::Result<u32> {
+    pub fn attach(&mut self, mut spec: TaskSpec, pid: u32) -> anyhow::Result<u32> {
+        self.fit_history(&mut spec);
         let slot = self.reserve(&spec.profile, SlotRole::Task)?;
         if let Err(err) = self.backend.attach(slot, pid) {
             self.unreserve(slot);
@@ -214,12 +217,13 @@ impl Engine {
     /// Registers a task whose root process will be found at exec, by its
     /// module path (`proplet_<task_id>.wasm` in argv). A module process
     /// that exec'd before (kept provisionally) becomes its root at once.
-    pub fn discover(&mut self, spec: TaskSpec) -> anyhow::Result<u32> {
+    pub fn discover(&mut self, mut spec: TaskSpec) -> anyhow::Result<u32> {
+        self.fit_history(&mut spec);
         if let Some(provisional) = self.provisional.remove(&spec.task_id) {
             self.backend.end_provisional(&spec.task_id);
             tracing::info!(
                 "task {}: its process exec'd {:.1?} before the start message",
-                spec.task_id,
+                untrusted(&spec.task_id),
                 provisional.since.elapsed()
             );
             let next_due = self.next_due(Instant::now(), Some(&spec.profile));
@@ -278,6 +282,7 @@ impl Engine {
         self.backend.sample()?;
         let baseline = self.backend.totals(slot)?;
         spec.attribution = Some(PROPLET_PROCESS_ATTRIBUTION.to_owned());
+        self.fit_history(&mut spec);
         let now = Instant::now();
         let next_due = self.next_due(now, Some(&spec.profile));
         let mut task = Task::new(spec, slot, now, next_due);
@@ -306,6 +311,19 @@ impl Engine {
         let key = self.key_of(task_id)?;
         self.backend.forget_discovery(task_id);
         self.finish_keys(vec![key], EndReason::Stopped).pop()
+    }
+
+    /// Bounds a new task's history: per task, and across all tasks, so
+    /// that start messages cannot buy unbounded memory.
+    fn fit_history(&self, spec: &mut TaskSpec) {
+        let kept = self
+            .tasks
+            .values()
+            .map(|task| task.spec.profile.history_capacity())
+            .sum();
+        if let Some(cut) = spec.profile.fit_history(kept) {
+            tracing::warn!("task {}: {cut}", untrusted(&spec.task_id));
+        }
     }
 
     fn insert(&mut self, task: Task) {
@@ -364,7 +382,10 @@ impl Engine {
         let events = self.backend.events();
         for task in self.tasks.values_mut() {
             if events.discovered.contains(&task.slot) && task.awaiting_discovery {
-                tracing::info!("task {}: its process appeared", task.spec.task_id);
+                tracing::info!(
+                    "task {}: its process appeared",
+                    untrusted(&task.spec.task_id)
+                );
                 let next_due = grid_after(self.origin, task.spec.profile.interval, now);
                 task.discovered(now, next_due);
             }
@@ -545,7 +566,7 @@ impl Engine {
             if now.duration_since(since) > UNREAPED_GRACE {
                 tracing::warn!(
                     "task {}: its processes exited but are not reaped; reporting it as ended",
-                    task.spec.task_id
+                    untrusted(&task.spec.task_id)
                 );
                 ended = true;
             }
@@ -709,7 +730,8 @@ impl Engine {
     #[cfg(unix)]
     fn resume(&mut self, saved: crate::state::SavedTask) -> anyhow::Result<()> {
         let profile = crate::profiles::parse_profile_value(&saved.profile)
-            .map_err(|err| anyhow::anyhow!("task {}: saved profile: {err}", saved.task_id))?;
+            .map_err(|err| anyhow::anyhow!("task {}: saved profile: {err}", saved.task_id))?
+            .profile;
         let shared = self
             .proplet_slot
             .as_ref()
@@ -847,9 +869,7 @@ pub fn task_spec(
     proplet_id: &str,
     profile: MonitoringProfile,
 ) -> anyhow::Result<TaskSpec> {
-    let task_id = task_id.trim();
-    anyhow::ensure!(!task_id.is_empty(), "a task id must not be empty");
-    anyhow::ensure!(task_id.len() <= 256, "task id is longer than 256 bytes");
+    let task_id = crate::input::check_task_id("task id", task_id)?;
     Ok(TaskSpec {
         task_id: task_id.to_owned(),
         proplet_id: proplet_id.to_owned(),

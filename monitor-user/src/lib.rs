@@ -8,6 +8,7 @@
 //! - `message`: the JSON messages we emit, field for field; `export` sends them.
 //! - `proplet`: the agent's own metrics; `propeller`: the Manager's control messages.
 //! - `state`: the task registry a restarted agent resumes from.
+//! - `input`: bounds on what users and messages give (files, ids, log text).
 //! - `cli`: one module per subcommand.
 
 pub mod cli;
@@ -16,6 +17,7 @@ pub mod duration;
 pub mod engine;
 pub mod export;
 pub mod history;
+pub mod input;
 pub mod message;
 pub mod profiles;
 pub mod propeller;

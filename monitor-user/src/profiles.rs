@@ -12,15 +12,21 @@
 //!   (the Rust proplet writes `10`), a number at or above it is nanoseconds
 //!   (a Go `time.Duration`, `5000000000`); a string is a duration such as
 //!   `"5s"` or `"500ms"`. It must lie between 10 ms and 24 h;
-//! - `history_size` is a whole number up to 1,000,000, and is used only
-//!   when `retain_history` is true.
+//! - `history_size` is a whole number, used only when `retain_history` is
+//!   true; a task keeps at most [`MAX_HISTORY_PER_TASK`] samples, and all
+//!   tasks together at most [`HISTORY_BUDGET`] (see [`MonitoringProfile::fit_history`]);
+//! - a field propmon does not know is ignored, with a note saying so (a
+//!   typo such as `intervall` must not go unnoticed).
 
 use std::{fmt, time::Duration};
 
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::duration::{MAX_INTERVAL, MIN_INTERVAL, is_valid_interval};
+use crate::{
+    duration::{MAX_INTERVAL, MIN_INTERVAL, is_valid_interval},
+    input::untrusted,
+};
 
 /// What to collect for one task and how often.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -71,43 +77,179 @@ pub enum ProfileError {
 
 /// Interval numbers at or above this are nanoseconds, below it seconds.
 pub const NANOSECONDS_FROM: f64 = 1_000_000.0;
-/// Largest accepted `history_size`.
-pub const MAX_HISTORY_SIZE: u64 = 1_000_000;
+/// Most samples one task keeps: a window of 10,000 is almost 3 hours at
+/// 1 s, and about 1 MB.
+pub const MAX_HISTORY_PER_TASK: usize = 10_000;
+/// Most samples all of an agent's tasks keep together (about 100 MB at
+/// most), so that start messages cannot buy unbounded memory.
+pub const HISTORY_BUDGET: usize = 1_000_000;
+/// The fields of a profile, in Propeller's order.
+pub const FIELDS: [&str; 11] = [
+    "enabled",
+    "interval",
+    "collect_cpu",
+    "collect_memory",
+    "collect_disk_io",
+    "collect_network_io",
+    "collect_threads",
+    "collect_file_descriptors",
+    "export_to_mqtt",
+    "retain_history",
+    "history_size",
+];
+/// Unknown field names listed in one warning; the rest are counted.
+const UNKNOWN_SHOWN: usize = 5;
 
 impl MonitoringProfile {
-    /// Samples kept for aggregation (0 without `retain_history`).
+    /// Samples kept for aggregation: 0 without `retain_history`, never
+    /// more than [`MAX_HISTORY_PER_TASK`].
     pub fn history_capacity(&self) -> usize {
         if self.retain_history {
-            self.history_size
+            self.history_size.min(MAX_HISTORY_PER_TASK)
         } else {
             0
+        }
+    }
+
+    /// Cuts the history window of a new task to the limits, given the
+    /// samples the agent's other tasks keep: at most
+    /// [`MAX_HISTORY_PER_TASK`], and what is left of [`HISTORY_BUDGET`].
+    /// Returns what was cut, for a warning naming the task.
+    pub fn fit_history(&mut self, kept_by_others: usize) -> Option<HistoryCut> {
+        if !self.retain_history {
+            return None;
+        }
+        let left = HISTORY_BUDGET.saturating_sub(kept_by_others);
+        let granted = self.history_capacity().min(left);
+        if granted == self.history_size {
+            return None;
+        }
+        let cut = HistoryCut {
+            asked: self.history_size,
+            granted,
+        };
+        self.history_size = granted;
+        Some(cut)
+    }
+}
+
+/// A history window smaller than asked (see [`MonitoringProfile::fit_history`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryCut {
+    pub asked: usize,
+    pub granted: usize,
+}
+
+impl fmt::Display for HistoryCut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "history_size {} cut to {} samples (limits: {MAX_HISTORY_PER_TASK} per task, \
+             {HISTORY_BUDGET} for all tasks together)",
+            self.asked, self.granted
+        )
+    }
+}
+
+/// A profile read from JSON, and what was ignored or adjusted in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParsedProfile {
+    pub profile: MonitoringProfile,
+    pub notes: Vec<ProfileNote>,
+}
+
+/// Something in a profile that was ignored or adjusted: one warning line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProfileNote {
+    /// Fields that are not profile fields (a typo?), ignored.
+    UnknownFields(Vec<String>),
+    /// An interval below the floor of the task's origin, raised to it.
+    IntervalRaised { asked: Duration, floor: Duration },
+}
+
+impl fmt::Display for ProfileNote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProfileNote::UnknownFields(names) => {
+                let plural = if names.len() == 1 { "" } else { "s" };
+                write!(f, "monitoring profile: unknown field{plural} ")?;
+                for (index, name) in names.iter().take(UNKNOWN_SHOWN).enumerate() {
+                    let comma = if index == 0 { "" } else { ", " };
+                    write!(f, "{comma}\"{}\"", untrusted(name))?;
+                }
+                if names.len() > UNKNOWN_SHOWN {
+                    write!(f, " and {} more", names.len() - UNKNOWN_SHOWN)?;
+                }
+                write!(f, " ignored (known fields: {})", FIELDS.join(", "))
+            }
+            ProfileNote::IntervalRaised { asked, floor } => write!(
+                f,
+                "monitoring profile: interval {} raised to {}, the shortest the agent \
+                 takes from the Manager",
+                humantime::format_duration(*asked),
+                humantime::format_duration(*floor)
+            ),
         }
     }
 }
 
 /// Parses a profile from JSON text (see the module doc for the rules).
-pub fn parse_profile_json(text: &str) -> Result<MonitoringProfile, ProfileError> {
+pub fn parse_profile_json(text: &str) -> Result<ParsedProfile, ProfileError> {
     let value: Value =
         serde_json::from_str(text).map_err(|err| ProfileError::Json(err.to_string()))?;
     parse_profile_value(&value)
 }
 
 /// Parses a profile from a JSON value (see the module doc for the rules).
-pub fn parse_profile_value(value: &Value) -> Result<MonitoringProfile, ProfileError> {
+pub fn parse_profile_value(value: &Value) -> Result<ParsedProfile, ProfileError> {
+    let preset = |name: &str| {
+        Ok(ParsedProfile {
+            profile: Preset::from_name(name)?.profile(),
+            notes: Vec::new(),
+        })
+    };
     let outer = match value {
         Value::Object(outer) => outer,
-        Value::String(name) => return Ok(Preset::from_name(name)?.profile()),
+        Value::String(name) => return preset(name),
         other => return Err(ProfileError::NotAnObject(kind_of(other))),
     };
-    let wrapped = outer
-        .get("monitoring_profile")
-        .or_else(|| outer.get("monitoringProfile"));
-    let fields = match wrapped {
+    let wrapper = ["monitoring_profile", "monitoringProfile"]
+        .into_iter()
+        .find(|key| outer.contains_key(*key));
+    let fields = match wrapper.map(|key| &outer[key]) {
         Some(Value::Object(inner)) => inner,
-        Some(Value::String(name)) => return Ok(Preset::from_name(name)?.profile()),
+        Some(Value::String(name)) => return preset(name),
         Some(other) => return Err(ProfileError::NotAnObject(kind_of(other))),
         None => outer,
     };
+    let mut unknown: Vec<String> = match wrapper {
+        // Next to a wrapper, every other key is ignored.
+        Some(wrapper) => outer
+            .keys()
+            .filter(|key| *key != wrapper)
+            .cloned()
+            .collect(),
+        None => Vec::new(),
+    };
+    unknown.extend(
+        fields
+            .keys()
+            .filter(|key| !FIELDS.contains(&key.as_str()))
+            .cloned(),
+    );
+    let notes = if unknown.is_empty() {
+        Vec::new()
+    } else {
+        vec![ProfileNote::UnknownFields(unknown)]
+    };
+    Ok(ParsedProfile {
+        profile: read_fields(fields)?,
+        notes,
+    })
+}
+
+/// The profile the fields give, over the `standard` preset.
+fn read_fields(fields: &serde_json::Map<String, Value>) -> Result<MonitoringProfile, ProfileError> {
     let mut profile = Preset::Standard.profile();
     let flags: [(&'static str, &mut bool); 9] = [
         ("enabled", &mut profile.enabled),
@@ -134,16 +276,11 @@ pub fn parse_profile_value(value: &Value) -> Result<MonitoringProfile, ProfileEr
         profile.interval = parse_interval_value(interval)?;
     }
     if let Some(size) = fields.get("history_size").filter(|v| !v.is_null()) {
-        profile.history_size = size
+        let size = size
             .as_u64()
-            .filter(|&n| n <= MAX_HISTORY_SIZE)
-            .ok_or_else(|| {
-                field_error(
-                    "history_size",
-                    "expected a whole number from 0 to 1000000",
-                    size,
-                )
-            })? as usize;
+            .ok_or_else(|| field_error("history_size", "expected a whole number", size))?;
+        // Any size is accepted here; `fit_history` cuts it, with a warning.
+        profile.history_size = usize::try_from(size).unwrap_or(usize::MAX);
     }
     Ok(profile)
 }
@@ -184,11 +321,8 @@ fn parse_interval_value(value: &Value) -> Result<Duration, ProfileError> {
 }
 
 fn field_error(field: &'static str, expected: &str, got: &Value) -> ProfileError {
-    let mut shown = got.to_string();
-    if shown.len() > 40 {
-        shown.truncate(40);
-        shown.push_str("...");
-    }
+    // By characters, not bytes: cutting inside a character would panic.
+    let shown = crate::input::untrusted_up_to(&got.to_string(), 40).to_string();
     ProfileError::Field {
         field,
         reason: format!("{expected}, got {shown}"),
@@ -371,13 +505,100 @@ mod tests {
                 },
             ),
             (
-                r#"{"enabled":true,"interval":120,"collect_cpu":true,"collect_memory":true,"collect_disk_io":true,"collect_network_io":true,"collect_threads":true,"collect_file_descriptors":true,"export_to_mqtt":true,"retain_history":true,"history_size":500,"unknown":1}"#,
+                r#"{"enabled":true,"interval":120,"collect_cpu":true,"collect_memory":true,"collect_disk_io":true,"collect_network_io":true,"collect_threads":true,"collect_file_descriptors":true,"export_to_mqtt":true,"retain_history":true,"history_size":500}"#,
                 Preset::LongRunningDaemon.profile(),
             ),
         ];
         for (json, expected) in cases {
-            assert_eq!(parse_profile_json(json).as_ref(), Ok(expected), "{json}");
+            let parsed = parse_profile_json(json).unwrap_or_else(|err| panic!("{json}: {err}"));
+            assert_eq!(&parsed.profile, expected, "{json}");
+            assert_eq!(parsed.notes, [], "{json}");
         }
+    }
+
+    /// Issue 10: a misspelt field used to be ignored silently.
+    #[test]
+    fn unknown_fields_are_ignored_with_a_note_naming_them() {
+        let parsed = parse_profile_json(r#"{"intervall": 1, "interval": 5}"#).unwrap();
+        assert_eq!(parsed.profile.interval, secs(5));
+        assert_eq!(
+            parsed.notes[0].to_string(),
+            format!(
+                "monitoring profile: unknown field \"intervall\" ignored (known fields: {})",
+                FIELDS.join(", ")
+            )
+        );
+        let wrapped =
+            parse_profile_json(r#"{"monitoring_profile": {"colect_cpu": false}, "history": 5}"#)
+                .unwrap();
+        assert_eq!(
+            wrapped.notes,
+            [ProfileNote::UnknownFields(vec![
+                "history".into(),
+                "colect_cpu".into()
+            ])]
+        );
+        let many: Vec<String> = (0..40).map(|n| format!("\"k{n}\\n\": 1")).collect();
+        let note = parse_profile_json(&format!("{{{}}}", many.join(",")))
+            .unwrap()
+            .notes[0]
+            .to_string();
+        assert!(note.contains(r#"unknown fields "k0\n", "#), "{note}");
+        assert!(note.contains(" and 35 more ignored"), "one line: {note}");
+        assert!(!note.contains('\n'), "{note}");
+    }
+
+    /// README's Limits give the history's memory: about 1 MB per task and
+    /// 100 MB per agent.
+    #[test]
+    fn history_limits_cost_what_the_readme_says() {
+        let sample = std::mem::size_of::<crate::history::Sample>();
+        assert!(sample * MAX_HISTORY_PER_TASK <= 1 << 20, "{sample} bytes");
+        assert!(sample * HISTORY_BUDGET <= 100 << 20, "{sample} bytes");
+    }
+
+    #[test]
+    fn history_windows_fit_the_per_task_and_agent_limits() {
+        let asking = |size: usize| MonitoringProfile {
+            history_size: size,
+            ..Preset::Standard.profile()
+        };
+        let mut profile = asking(500);
+        assert_eq!(profile.fit_history(0), None);
+        assert_eq!(profile.history_capacity(), 500);
+        // Issue 10: a start message could ask for 1,000,000 samples per task.
+        let mut huge = parse_profile_json(r#"{"history_size": 1000000}"#)
+            .unwrap()
+            .profile;
+        assert_eq!(huge.history_capacity(), MAX_HISTORY_PER_TASK);
+        let cut = huge.fit_history(0).unwrap();
+        assert_eq!(
+            cut,
+            HistoryCut {
+                asked: 1_000_000,
+                granted: MAX_HISTORY_PER_TASK
+            }
+        );
+        assert!(
+            cut.to_string()
+                .starts_with("history_size 1000000 cut to 10000 samples"),
+            "{cut}"
+        );
+        assert_eq!(huge.history_capacity(), MAX_HISTORY_PER_TASK);
+        let mut late = asking(5000);
+        let cut = late.fit_history(HISTORY_BUDGET - 1200).unwrap();
+        assert_eq!(cut.granted, 1200);
+        assert_eq!(late.history_capacity(), 1200);
+        let mut last = asking(100);
+        assert_eq!(last.fit_history(HISTORY_BUDGET).unwrap().granted, 0);
+        assert_eq!(last.history_capacity(), 0);
+        let mut not_kept = MonitoringProfile {
+            retain_history: false,
+            ..asking(1_000_000)
+        };
+        assert_eq!(not_kept.fit_history(HISTORY_BUDGET), None);
+        let max = parse_profile_json(r#"{"history_size": 18446744073709551615}"#).unwrap();
+        assert_eq!(max.profile.history_capacity(), MAX_HISTORY_PER_TASK);
     }
 
     #[test]
@@ -435,17 +656,27 @@ mod tests {
                 r#"{"monitoringProfile": {"enabled": 1}}"#,
                 r#"field "enabled""#,
             ),
+            // Used to panic: the value was cut inside a character.
+            (
+                &format!(r#"{{"collect_cpu": "{}"}}"#, "é".repeat(40)),
+                r#"field "collect_cpu": expected true or false, got "ééé"#,
+            ),
+            (
+                &format!(r#"{{"collect_cpu": "{}\n"}}"#, "x".repeat(10_000)),
+                "… (10004 bytes)",
+            ),
         ] {
             let err = parse_profile_json(json).unwrap_err().to_string();
             assert!(err.contains(expected), "{json}: {err}");
+            assert!(err.len() < 200, "one short line: {err}");
         }
     }
 
     #[test]
     fn history_is_kept_only_when_retained() {
-        let profile =
+        let parsed =
             parse_profile_json(r#"{"retain_history": false, "history_size": 50}"#).unwrap();
-        assert_eq!(profile.history_capacity(), 0);
+        assert_eq!(parsed.profile.history_capacity(), 0);
         assert_eq!(Preset::Intensive.profile().history_capacity(), 1000);
     }
 

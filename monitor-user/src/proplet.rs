@@ -119,8 +119,14 @@ fn round_micros(seconds: f64) -> f64 {
     (seconds * 1e6).round() / 1e6
 }
 
+/// Shortest time between proplet-level messages.
+pub const MIN_METRICS_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest time between proplet-level messages (one day); a larger value
+/// is a typo, and would overflow the clock when added to it.
+pub const MAX_METRICS_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
 /// Parses `PROPLET_METRICS_INTERVAL`: seconds (`30`), or a Go-style
-/// duration (`30s`, `1m`).
+/// duration (`30s`, `1m`), from 1 s to 24 h.
 pub fn parse_metrics_interval(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let interval = match text.parse::<u64>() {
@@ -128,8 +134,10 @@ pub fn parse_metrics_interval(text: &str) -> Result<Duration, String> {
         Err(_) => humantime::parse_duration(text)
             .map_err(|err| format!("invalid interval {text:?}: {err} (examples: 30, 30s, 1m)"))?,
     };
-    if interval < Duration::from_secs(1) {
-        return Err(format!("interval {text:?} is shorter than 1s"));
+    if !(MIN_METRICS_INTERVAL..=MAX_METRICS_INTERVAL).contains(&interval) {
+        return Err(format!(
+            "interval {text:?} is out of range: it must be between 1s and 24h"
+        ));
     }
     Ok(interval)
 }
@@ -144,6 +152,12 @@ mod tests {
         assert_eq!(parse_metrics_interval("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_metrics_interval("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_metrics_interval("0").is_err());
+        assert_eq!(parse_metrics_interval("86400"), Ok(MAX_METRICS_INTERVAL));
+        // Issue 10: this used to overflow the clock and panic.
+        for absurd in ["9223372036854775807", "86401", "25h", "500ms"] {
+            let err = parse_metrics_interval(absurd).unwrap_err();
+            assert!(err.contains("between 1s and 24h"), "{absurd}: {err}");
+        }
         assert!(parse_metrics_interval("soon").unwrap_err().contains("soon"));
     }
 

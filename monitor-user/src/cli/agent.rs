@@ -12,8 +12,8 @@ use tokio::time::sleep_until;
 use tokio::sync::mpsc;
 
 use super::{
-    AgentArgs, ProfileArgs, config::ConfigFile, run::host_name, signals::StopSignals,
-    wake::EventWaker,
+    AgentArgs, BadUsage, ProfileArgs, check_proplet_id, config::ConfigFile, run::host_name,
+    signals::StopSignals, wake::EventWaker,
 };
 use crate::{
     collect::{self, BackendChoice},
@@ -23,6 +23,7 @@ use crate::{
         mqtt::{Incoming, MqttSettings},
         stdout::StdoutSink,
     },
+    input::{check_task_id, untrusted},
     profiles::{MonitoringProfile, Preset},
     propeller::{self, Control},
     proplet::{PropletReporter, parse_metrics_interval},
@@ -41,22 +42,22 @@ pub struct AttachSpec {
 }
 
 pub fn parse_attach(text: &str) -> Result<AttachSpec, String> {
+    let shown = untrusted(text);
     let mut parts = text.split(',');
     let head = parts.next().unwrap_or_default();
     let (task_id, pid) = head
         .split_once('=')
-        .ok_or_else(|| format!("{text:?}: expected TASK_ID=PID"))?;
+        .ok_or_else(|| format!("\"{shown}\": expected TASK_ID=PID"))?;
     let pid = pid
         .trim()
         .parse::<u32>()
         .ok()
         .filter(|&pid| pid > 0)
-        .ok_or_else(|| format!("{text:?}: {pid:?} is not a process id"))?;
-    if task_id.trim().is_empty() {
-        return Err(format!("{text:?}: the task id is empty"));
-    }
+        .ok_or_else(|| format!("\"{shown}\": \"{}\" is not a process id", untrusted(pid)))?;
+    let task_id =
+        check_task_id("the task id", task_id).map_err(|err| format!("\"{shown}\": {err}"))?;
     let mut spec = AttachSpec {
-        task_id: task_id.trim().to_owned(),
+        task_id: task_id.to_owned(),
         pid,
         profile: None,
         daemon: false,
@@ -69,11 +70,12 @@ pub fn parse_attach(text: &str) -> Result<AttachSpec, String> {
             Some(("daemon", flag)) => {
                 spec.daemon = flag
                     .parse()
-                    .map_err(|_| format!("{text:?}: daemon must be true or false"))?
+                    .map_err(|_| format!("\"{shown}\": daemon must be true or false"))?
             }
             _ => {
                 return Err(format!(
-                    "{text:?}: unknown option {option:?} (profile=, daemon=)"
+                    "\"{shown}\": unknown option \"{}\" (profile=, daemon=)",
+                    untrusted(option)
                 ));
             }
         }
@@ -114,27 +116,44 @@ impl AgentSettings {
             Some(path) => ConfigFile::load(path)?,
             None => ConfigFile::default(),
         };
+        // The file's keys are the flags' names: errors name the key.
+        let config = args.config.clone().unwrap_or_default();
+        let in_file = |key: &str| format!("--config {}: {key}", config.display());
         let mut attach = args.attach;
         for entry in &file.attach {
-            attach.push(parse_attach(entry).map_err(anyhow::Error::msg)?);
+            let spec = parse_attach(entry).map_err(anyhow::Error::msg);
+            attach.push(spec.with_context(|| in_file("attach"))?);
+        }
+        let slots = monitor_common::MAX_TASKS as usize;
+        if attach.len() > slots {
+            bail!(
+                "{} tasks to attach: the agent monitors at most {slots}",
+                attach.len()
+            );
         }
         let file_profile = ProfileArgs {
-            profile: file.profile.as_deref().map(Preset::from_name).transpose()?,
+            profile: (file.profile.as_deref().map(Preset::from_name).transpose())
+                .with_context(|| in_file("profile"))?,
             profile_json: file.profile_json.clone(),
         };
-        let default_profile = match args.profile.resolve()? {
+        let default_profile = match args.profile.resolve().context("--profile-json")? {
             Some(profile) => Some(profile),
-            None => file_profile.resolve()?,
+            None => file_profile
+                .resolve()
+                .with_context(|| in_file("profile_json"))?,
         };
         let metrics_interval = match (args.metrics_interval, file.metrics_interval_text()) {
             (Some(interval), _) => interval,
-            (None, Some(text)) => parse_metrics_interval(&text).map_err(anyhow::Error::msg)?,
+            (None, Some(text)) => parse_metrics_interval(&text)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| in_file("metrics_interval"))?,
             (None, None) => DEFAULT_METRICS_INTERVAL,
         };
         let proplet_id = args
             .proplet_id
             .or(file.proplet_id.clone())
             .unwrap_or_else(host_name);
+        check_proplet_id(&proplet_id)?;
         let propeller = args.propeller.or(file.propeller).unwrap_or(false);
         let mut mqtt_args = args.mqtt;
         file.fill_mqtt(&mut mqtt_args);
@@ -157,7 +176,9 @@ impl AgentSettings {
         };
         let discovery_grace = match (args.discovery_grace, &file.discovery_grace) {
             (Some(grace), _) => grace,
-            (None, Some(text)) => crate::duration::parse_interval(text)?,
+            (None, Some(text)) => {
+                crate::duration::parse_interval(text).with_context(|| in_file("discovery_grace"))?
+            }
             (None, None) => Duration::from_secs(1),
         };
         let discovery_timeout = match (args.discovery_timeout, &file.discovery_timeout) {
@@ -204,14 +225,19 @@ impl AgentSettings {
     }
 }
 
+/// Exit status: 0 once stopped by a signal, 2 for invalid settings (see
+/// [`BadUsage`]), 125 if the agent itself failed (e.g. eBPF unavailable).
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
-    let settings = AgentSettings::from_args(args)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let settings = AgentSettings::from_args(args).map_err(BadUsage)?;
+    let served = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(serve(settings))?;
-    Ok(ExitCode::SUCCESS)
+        .context("starting the async runtime")
+        .and_then(|runtime| runtime.block_on(serve(settings)));
+    Ok(match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => super::failed(&error),
+    })
 }
 
 /// How long the agent waits at exit for the broker to take the final messages.
@@ -236,7 +262,7 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
     }
     for spec in &settings.attach {
         if let Err(err) = attach(&mut engine, &settings, spec) {
-            tracing::error!("task {}: {err:#}", spec.task_id);
+            tracing::error!("task {}: {err:#}", untrusted(&spec.task_id));
         }
     }
     let mut proplet = settings
@@ -269,7 +295,7 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
             } => {
                 let now = Instant::now();
                 for ended in engine.round(now) {
-                    tracing::info!("task {} ended", ended.task_id);
+                    tracing::info!("task {} ended", untrusted(&ended.task_id));
                 }
                 if settings.propeller && now >= next_proplet_search {
                     next_proplet_search = now + PROPLET_SEARCH_PERIOD;
@@ -311,7 +337,8 @@ async fn recv(control: &mut Option<mpsc::Receiver<Incoming>>) -> Option<Incoming
     }
 }
 
-/// A start or stop from the Manager.
+/// A start or stop from the Manager. Its ids and topic are untrusted
+/// text: every log line shows them escaped and truncated.
 fn on_control(
     engine: &mut Engine,
     settings: &AgentSettings,
@@ -319,48 +346,63 @@ fn on_control(
     message: Incoming,
 ) {
     match propeller::parse(&message.topic, &message.payload, &settings.proplet_id) {
-        Ok(Control::Start(start)) => {
-            if engine.has_task(&start.task_id) {
-                tracing::warn!(
-                    "start for task {}: already monitored, ignored",
-                    start.task_id
-                );
-                return;
-            }
-            if !start.profile.enabled {
-                tracing::info!("task {}: profile disabled, not monitored", start.task_id);
-                return;
-            }
-            let spec = match task_spec(&start.task_id, &settings.proplet_id, start.profile) {
-                Ok(spec) => spec,
-                Err(err) => {
-                    tracing::warn!("start for task {}: {err:#}; skipped", start.task_id);
-                    return;
-                }
-            };
-            match engine.discover(spec) {
-                Ok(_) => {
-                    tracing::info!("task {}: waiting for its process", start.task_id);
-                    if settings.proplet_process.is_some() {
-                        in_process_checks
-                            .push((Instant::now() + settings.discovery_grace, start.task_id));
-                        in_process_checks.sort();
-                    }
-                }
-                Err(err) => tracing::error!("task {}: {err:#}", start.task_id),
-            }
-        }
+        Ok(Control::Start(start)) => on_start(engine, settings, in_process_checks, start),
         Ok(Control::Stop { task_id }) => {
             in_process_checks.retain(|(_, id)| *id != task_id);
+            let shown = untrusted(&task_id);
             match engine.stop(&task_id) {
-                Some(_) => tracing::info!("task {task_id} stopped by the Manager"),
-                None => tracing::info!("stop for task {task_id}, which is not monitored"),
+                Some(_) => tracing::info!("task {shown} stopped by the Manager"),
+                None => tracing::info!("stop for task {shown}, which is not monitored"),
             }
         }
         Err(propeller::Skipped::NotOurs(target)) => {
-            tracing::debug!("control message for proplet {target:?}, not ours");
+            tracing::debug!(
+                "control message for proplet \"{}\", not ours",
+                untrusted(&target)
+            );
         }
-        Err(err) => tracing::warn!("ignoring a control message on {}: {err}", message.topic),
+        Err(err) => tracing::warn!(
+            "ignoring a control message on {}: {err}",
+            untrusted(&message.topic)
+        ),
+    }
+}
+
+fn on_start(
+    engine: &mut Engine,
+    settings: &AgentSettings,
+    in_process_checks: &mut Vec<(Instant, String)>,
+    start: propeller::StartTask,
+) {
+    let shown = untrusted(&start.task_id);
+    if engine.has_task(&start.task_id) {
+        tracing::warn!("start for task {shown}: already monitored, ignored");
+        return;
+    }
+    for note in &start.notes {
+        tracing::warn!("task {shown}: {note}");
+    }
+    if !start.profile.enabled {
+        tracing::info!("task {shown}: profile disabled, not monitored");
+        return;
+    }
+    let spec = match task_spec(&start.task_id, &settings.proplet_id, start.profile) {
+        Ok(spec) => spec,
+        Err(err) => {
+            tracing::warn!("start for task {shown}: {err:#}; skipped");
+            return;
+        }
+    };
+    match engine.discover(spec) {
+        Ok(_) => {
+            tracing::info!("task {shown}: waiting for its process");
+            if settings.proplet_process.is_some() {
+                let at = Instant::now() + settings.discovery_grace;
+                in_process_checks.push((at, start.task_id.clone()));
+                in_process_checks.sort();
+            }
+        }
+        Err(err) => tracing::error!("task {shown}: {err:#}"),
     }
 }
 
@@ -414,16 +456,17 @@ fn attribute_in_process(
         if !engine.is_awaiting(&task_id) {
             continue;
         }
+        let shown = untrusted(&task_id);
         let Some(pid) = settings.proplet_process.as_ref().and_then(find_proplet) else {
-            tracing::warn!("task {task_id}: no process yet, and the proplet process is not found");
+            tracing::warn!("task {shown}: no process yet, and the proplet process is not found");
             continue;
         };
         let Some(spec) = engine.withdraw(&task_id) else {
             continue;
         };
         match engine.attribute_to_proplet(spec, pid) {
-            Ok(()) => tracing::info!("task {task_id}: attributed to the proplet process {pid}"),
-            Err(err) => tracing::error!("task {task_id}: {err:#}"),
+            Ok(()) => tracing::info!("task {shown}: attributed to the proplet process {pid}"),
+            Err(err) => tracing::error!("task {shown}: {err:#}"),
         }
     }
 }
@@ -445,7 +488,8 @@ fn find_proplet(process: &PropletProcess) -> Option<u32> {
 fn attach(engine: &mut Engine, settings: &AgentSettings, spec: &AttachSpec) -> anyhow::Result<()> {
     let profile = settings.profile_for(spec.profile, spec.daemon);
     if !profile.enabled {
-        tracing::info!("task {}: profile disabled, not monitored", spec.task_id);
+        let shown = untrusted(&spec.task_id);
+        tracing::info!("task {shown}: profile disabled, not monitored");
         return Ok(());
     }
     if engine.has_task(&spec.task_id) {
@@ -457,7 +501,7 @@ fn attach(engine: &mut Engine, settings: &AgentSettings, spec: &AttachSpec) -> a
         .with_context(|| format!("attaching PID {}", spec.pid))?;
     tracing::info!(
         "task {}: attached PID {} and its descendants",
-        spec.task_id,
+        untrusted(&spec.task_id),
         spec.pid
     );
     Ok(())
@@ -486,9 +530,22 @@ mod tests {
             ("=5", "task id is empty"),
             ("t=5,profile=turbo", "unknown profile"),
             ("t=5,colour=red", "unknown option"),
+            // Issue 10: ids are refused where they enter.
+            (
+                "a\nb=5",
+                r#"the task id "a\nb" contains a control character"#,
+            ),
+            (
+                &format!("{}=5", "t".repeat(256)),
+                "256 bytes long; the limit is 255",
+            ),
         ] {
             let err = parse_attach(bad).unwrap_err();
             assert!(err.contains(expected), "{bad}: {err}");
+            assert!(
+                err.len() < 200 && !err.contains('\n'),
+                "one short line: {err}"
+            );
         }
     }
 

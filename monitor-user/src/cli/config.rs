@@ -74,14 +74,15 @@ impl ConfigFile {
 }
 
 impl ConfigFile {
+    /// Reads and parses the file (at most [`MAX_FILE_BYTES`](crate::input::MAX_FILE_BYTES)).
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the configuration file {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("in {}", path.display()))
+        let text = crate::input::read_text_file(path)
+            .with_context(|| format!("--config: the configuration file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("--config {}", path.display()))
     }
 
     pub fn parse(text: &str) -> anyhow::Result<Self> {
-        toml::from_str(text).context("invalid configuration")
+        toml::from_str(text).map_err(|err| one_line(text, &err))
     }
 
     /// `metrics_interval` as the text the flag would take.
@@ -91,6 +92,25 @@ impl ConfigFile {
             other => other.to_string(),
         })
     }
+}
+
+/// toml's errors draw the offending line over several lines; a log or
+/// terminal line wants `line L, column C: message`.
+fn one_line(text: &str, err: &toml::de::Error) -> anyhow::Error {
+    let message = err.message().trim().replace('\n', " ");
+    let Some(at) = err.span().map(|span| span.start.min(text.len())) else {
+        return anyhow::anyhow!("invalid configuration: {message}");
+    };
+    let before = text.get(..at).unwrap_or_default();
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .count()
+        + 1;
+    anyhow::anyhow!("invalid configuration at line {line}, column {column}: {message}")
 }
 
 #[cfg(test)]
@@ -121,5 +141,26 @@ mod tests {
     fn unknown_keys_are_errors() {
         let err = ConfigFile::parse("proplet = 1").unwrap_err();
         assert!(format!("{err:#}").contains("proplet"), "{err:#}");
+    }
+
+    /// Issue 10: errors are one line, with where the mistake is.
+    #[test]
+    fn errors_are_one_line_with_a_position() {
+        for (text, expected) in [
+            (
+                "namespace = \"ns\"\n  proplet = 1",
+                "invalid configuration at line 2, column 3: unknown field `proplet`",
+            ),
+            (
+                "backend = 3",
+                "invalid configuration at line 1, column 11: ",
+            ),
+            ("x = [", "invalid configuration at line 1"),
+            ("\0\0\0", "invalid configuration at line 1, column "),
+        ] {
+            let err = format!("{:#}", ConfigFile::parse(text).unwrap_err());
+            assert!(err.starts_with(expected), "{text:?}: {err}");
+            assert!(!err.contains('\n'), "{text:?}: {err}");
+        }
     }
 }

@@ -13,15 +13,44 @@ pub mod workload;
 
 use std::{ffi::OsString, path::PathBuf, time::Duration};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, builder::BoolishValueParser};
 
 use crate::{
     collect::BackendChoice,
-    duration::parse_interval,
+    duration::{parse_interval, parse_seconds},
+    input::{check_topic_level, read_text_file},
     profiles::{MonitoringProfile, Preset, parse_profile_json},
     proplet::parse_metrics_interval,
 };
+
+/// Exit status for invalid arguments or configuration, as clap gives for
+/// its own errors.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status when propmon itself failed (e.g. eBPF unavailable), as
+/// `env`, `timeout` and `docker run` do.
+pub const EXIT_PROPMON_FAILED: u8 = 125;
+/// Most messages `--mqtt-queue-size` may keep: about 1 KB each, so 1 GB.
+pub const MAX_MQTT_QUEUE_SIZE: usize = 1_000_000;
+
+/// An invalid argument or configuration value: `main` prints it on one
+/// line and exits with [`EXIT_USAGE`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct BadUsage(pub anyhow::Error);
+
+/// Prints propmon's own failure and gives [`EXIT_PROPMON_FAILED`].
+pub fn failed(error: &anyhow::Error) -> std::process::ExitCode {
+    eprintln!("propmon: {error:#}");
+    std::process::ExitCode::from(EXIT_PROPMON_FAILED)
+}
+
+/// Checks a proplet id (`--proplet-id`, `PROPLET_ID`, the host name): it
+/// is matched against the Manager's messages and names our MQTT client.
+pub fn check_proplet_id(id: &str) -> anyhow::Result<()> {
+    check_topic_level("--proplet-id", id)?;
+    Ok(())
+}
 
 /// propmon measures what every task on an edge node consumes, from inside
 /// the kernel, and reports it as Propeller metrics.
@@ -71,7 +100,7 @@ pub struct ProfileArgs {
 }
 
 impl ProfileArgs {
-    /// The profile asked for, if any.
+    /// The profile asked for, if any; what was ignored in it is logged.
     pub fn resolve(&self) -> anyhow::Result<Option<MonitoringProfile>> {
         if let Some(preset) = self.profile {
             return Ok(Some(preset.profile()));
@@ -80,11 +109,16 @@ impl ProfileArgs {
             return Ok(None);
         };
         let text = match json.strip_prefix('@') {
-            Some(path) => std::fs::read_to_string(path)
-                .with_context(|| format!("reading the profile file {path}"))?,
+            Some(path) => {
+                read_text_file(path.as_ref()).with_context(|| format!("the profile file {path}"))?
+            }
             None => json.clone(),
         };
-        Ok(Some(parse_profile_json(&text)?))
+        let parsed = parse_profile_json(&text)?;
+        for note in &parsed.notes {
+            tracing::warn!("{note}");
+        }
+        Ok(Some(parsed.profile))
     }
 }
 
@@ -140,11 +174,18 @@ impl MqttArgs {
             return Ok(None);
         };
         let (Some(domain_id), Some(channel_id)) = (&self.domain_id, &self.channel_id) else {
-            anyhow::bail!(
+            bail!(
                 "--mqtt-url needs --domain-id and --channel-id \
                  (PROPLET_DOMAIN_ID, PROPLET_CHANNEL_ID) to build the topics"
             );
         };
+        check_topic_level("--domain-id", domain_id)?;
+        check_topic_level("--channel-id", channel_id)?;
+        self.check_broker(&url)?;
+        let queue_size = self.mqtt_queue_size.unwrap_or(DEFAULT_QUEUE_SIZE);
+        if !(1..=MAX_MQTT_QUEUE_SIZE).contains(&queue_size) {
+            bail!("--mqtt-queue-size {queue_size}: must be between 1 and {MAX_MQTT_QUEUE_SIZE}");
+        }
         let mut settings = MqttSettings {
             url,
             client_id: self
@@ -157,11 +198,26 @@ impl MqttArgs {
             domain_id: domain_id.clone(),
             channel_id: channel_id.clone(),
             topic_style: self.topic_style.unwrap_or(TopicStyle::Propeller),
-            queue_size: self.mqtt_queue_size.unwrap_or(DEFAULT_QUEUE_SIZE),
+            queue_size,
             subscribe: Vec::new(),
         };
         settings.subscribe = subscribe.iter().map(|path| settings.topic(path)).collect();
         Ok(Some(settings))
+    }
+
+    /// The broker's address, and the CA file TLS needs, checked now: at
+    /// connection time they would be propmon's failure, not a bad argument.
+    fn check_broker(&self, url: &str) -> anyhow::Result<()> {
+        let endpoint = crate::export::mqtt::Endpoint::parse(url).context("--mqtt-url")?;
+        if endpoint.tls && cfg!(feature = "tls") {
+            let Some(ca_file) = &self.mqtt_ca_file else {
+                bail!("mqtts:// needs the broker's CA certificate: pass --mqtt-ca-file FILE (PEM)");
+            };
+            read_text_file(ca_file).with_context(|| {
+                format!("--mqtt-ca-file: the CA certificate {}", ca_file.display())
+            })?;
+        }
+        Ok(())
     }
 }
 
@@ -254,7 +310,7 @@ pub enum BenchLoad {
     },
     /// One TCP stream over loopback, 64 KiB writes, for SECONDS.
     TcpStream {
-        #[arg(long, default_value_t = 2.0)]
+        #[arg(long, value_parser = parse_seconds, default_value_t = 2.0)]
         seconds: f64,
     },
     /// COUNT 64-byte UDP datagrams over loopback.
@@ -332,7 +388,7 @@ pub enum WorkloadKind {
     },
     /// Burn one core for the given time.
     Busy {
-        #[arg(long, default_value_t = 5.0)]
+        #[arg(long, value_parser = parse_seconds, default_value_t = 5.0)]
         seconds: f64,
     },
     /// Fork COUNT children that exit at once, reap them, then linger.
@@ -340,7 +396,7 @@ pub enum WorkloadKind {
         #[arg(long, default_value_t = 10_000)]
         count: u32,
         /// Seconds to stay alive after the storm.
-        #[arg(long, default_value_t = 0.0)]
+        #[arg(long, value_parser = parse_seconds, default_value_t = 0.0)]
         linger: f64,
     },
     /// TCP, UDP and AF_UNIX traffic through every kind of socket call, on
@@ -409,7 +465,7 @@ pub enum WorkloadKind {
         file: std::path::PathBuf,
         #[arg(long, default_value_t = 16)]
         mib: usize,
-        #[arg(long, default_value_t = 2.0)]
+        #[arg(long, value_parser = parse_seconds, default_value_t = 2.0)]
         hold: f64,
         #[arg(long)]
         report: Option<std::path::PathBuf>,

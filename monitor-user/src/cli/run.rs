@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use tokio::{process::Command, time::sleep_until};
 
 use super::{
-    RunArgs,
+    BadUsage, EXIT_PROPMON_FAILED, RunArgs, check_proplet_id,
     signals::{Stop, StopSignals, forward},
     wake::EventWaker,
 };
@@ -19,6 +19,7 @@ use crate::{
     collect::{self, BackendChoice, SpawnError},
     engine::{Engine, task_spec},
     export::{self, Fanout, Sink, mqtt::MqttSettings, stdout::StdoutSink},
+    input::check_task_id,
     message::EndReason,
     profiles::Preset,
     tasks::TaskSpec,
@@ -28,8 +29,6 @@ use crate::{
 const SIGNAL_GRACE: Duration = Duration::from_secs(2);
 /// How long propmon waits at exit for the broker to take the last messages.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
-/// Exit code for propmon's own failures (as `env`, `timeout`, `docker run`).
-const EXIT_PROPMON_FAILED: u8 = 125;
 
 /// Validated settings of one run.
 #[derive(Debug)]
@@ -44,15 +43,18 @@ impl RunSettings {
     fn from_args(args: RunArgs) -> anyhow::Result<Self> {
         let mut profile = args
             .profile
-            .resolve()?
+            .resolve()
+            .context("--profile-json")?
             .unwrap_or_else(|| Preset::Standard.profile());
         if let Some(interval) = args.interval {
             profile.interval = interval;
         }
         let proplet_id = args.proplet_id.unwrap_or_else(host_name);
+        check_proplet_id(&proplet_id)?;
         let task_id = args
             .task_id
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        check_task_id("--task-id", &task_id)?;
         Ok(RunSettings {
             mqtt: args.mqtt.settings(&proplet_id, &[])?,
             spec: task_spec(&task_id, &proplet_id, profile)?,
@@ -75,23 +77,23 @@ pub fn host_name() -> String {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let settings = RunSettings::from_args(args)?;
+    let settings = RunSettings::from_args(args).map_err(BadUsage)?;
     // One thread: the thread that asks the kernel to adopt its next child
     // must be the one that forks it.
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return Ok(super::failed(&anyhow::Error::new(err))),
+    };
     Ok(match runtime.block_on(supervise(settings)) {
         Ok(code) => code,
         Err(RunError::Spawn(error)) => {
             eprintln!("propmon: {error:#}");
             ExitCode::from(error.exit_code())
         }
-        Err(RunError::Internal(error)) => {
-            eprintln!("propmon: {error:#}");
-            ExitCode::from(EXIT_PROPMON_FAILED)
-        }
+        Err(RunError::Internal(error)) => super::failed(&error),
     })
 }
 

@@ -359,10 +359,11 @@ impl Backend for SysinfoBackend {
     }
 }
 
-/// Threads of a process, where the OS lists them (Linux).
+/// Threads of a process, where the OS lists them (Linux). sysinfo leaves
+/// the main thread out of `tasks()` (its id is the process's own).
 fn threads_of(system: &System, pid: Pid) -> Option<u64> {
     let tasks: &HashSet<Pid> = system.process(pid)?.tasks()?;
-    Some(tasks.len().max(1) as u64)
+    Some(tasks.len() as u64 + u64::from(!tasks.contains(&pid)))
 }
 
 #[cfg(target_os = "linux")]
@@ -373,4 +374,82 @@ fn file_descriptors(pid: u32) -> Option<u64> {
 #[cfg(not(target_os = "linux"))]
 fn file_descriptors(_pid: u32) -> Option<u64> {
     None
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::{
+        io::{BufRead as _, BufReader},
+        process::{Command, Stdio},
+    };
+
+    use super::*;
+    use crate::profiles::Preset;
+
+    /// Set in the environment of [`thread_holder`]'s process.
+    const HOLDER: &str = "PROPMON_TEST_THREAD_HOLDER";
+    const READY: &str = "thread-holder-ready";
+
+    /// Not a test by itself: the child process of
+    /// `counts_every_thread_of_a_process` (this test binary run again with
+    /// [`HOLDER`] set). Starts 3 threads, says so, and waits for its stdin
+    /// to close, its thread count steady all the while.
+    #[test]
+    fn thread_holder() {
+        if std::env::var_os(HOLDER).is_none() {
+            return;
+        }
+        for _ in 0..3 {
+            std::thread::spawn(|| {
+                loop {
+                    std::thread::park();
+                }
+            });
+        }
+        println!("{READY}");
+        let _ = std::io::stdin().read_line(&mut String::new());
+        std::process::exit(0);
+    }
+
+    /// Issue 10 (item 16): the main thread was left out of the count.
+    #[test]
+    fn counts_every_thread_of_a_process() {
+        let mut holder = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "collect::sysinfo::tests::thread_holder",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(HOLDER, "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(holder.stdout.take().unwrap());
+        let ready = stdout
+            .lines()
+            .any(|line| line.is_ok_and(|line| line.contains(READY)));
+        assert!(ready, "the thread holder did not start");
+        let pid = holder.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let threads: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Threads:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(threads >= 4, "3 threads and the main one: {threads}");
+
+        let mut backend = SysinfoBackend::new().unwrap();
+        backend
+            .prepare(0, &Preset::Standard.profile(), super::SlotRole::Task)
+            .unwrap();
+        backend.attach(0, pid).unwrap();
+        assert_eq!(backend.processes(0).threads, Some(threads));
+        assert_eq!(backend.totals(0).unwrap().live_threads, threads);
+        drop(holder.stdin.take());
+        assert!(holder.wait().unwrap().success());
+    }
 }

@@ -127,26 +127,35 @@ impl Live {
     pub fn until(
         &mut self,
         timeout: Duration,
-        mut wanted: impl FnMut(&TaskMetricsMessage) -> bool,
+        wanted: impl FnMut(&TaskMetricsMessage) -> bool,
     ) -> TaskMetricsMessage {
+        match self.try_until(timeout, wanted) {
+            Ok(message) => message,
+            Err(err) => {
+                let _ = self.child.kill();
+                panic!(
+                    "no wanted message within {timeout:?} ({err}); got {:#?}",
+                    self.messages
+                );
+            }
+        }
+    }
+
+    /// [`Live::until`], giving up without a panic after `timeout`.
+    pub fn try_until(
+        &mut self,
+        timeout: Duration,
+        mut wanted: impl FnMut(&TaskMetricsMessage) -> bool,
+    ) -> Result<TaskMetricsMessage, mpsc::RecvTimeoutError> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = match self.lines.recv_timeout(left) {
-                Ok(line) => line,
-                Err(err) => {
-                    let _ = self.child.kill();
-                    panic!(
-                        "no wanted message within {timeout:?} ({err}); got {:#?}",
-                        self.messages
-                    );
-                }
-            };
+            let line = self.lines.recv_timeout(left)?;
             let Some(message) = self.take_line(line) else {
                 continue;
             };
             if wanted(&message) {
-                return message;
+                return Ok(message);
             }
         }
     }

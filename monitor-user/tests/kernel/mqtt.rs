@@ -784,3 +784,113 @@ fn mqtts_with_a_ca_file_delivers() {
     assert!(!output.status.success());
     assert!(stderr.contains("--mqtt-ca-file"), "{stderr}");
 }
+
+/// Issue 10: hostile start and stop messages. Ids with control characters
+/// or over 255 bytes are refused, in one escaped and truncated line that
+/// cannot forge another; a start's misspelt field, 10 ms interval and
+/// million-sample history are warned about with the task's id, and the
+/// task is monitored at the agent's floor of 100 ms.
+#[test]
+fn hostile_control_messages_are_logged_safely() {
+    let Some(_serial) = kernel_test() else { return };
+    let broker = Broker::start(None);
+    // Retained: the agent gets it whenever its subscription is in place.
+    let odd = format!(
+        r#"{{"id":"odd","proplet_id":"{PROPLET}","monitoring_profile":
+            {{"intervall":1,"interval":"10ms","history_size":1000000}}}}"#
+    );
+    let status = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-q",
+            "1",
+            "-r",
+        ])
+        .args(["-t", &topic("control/manager/start"), "-m", &odd])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut live = propeller_agent(&broker);
+    let mut runtime = discovered_runtime(&mut live, "odd");
+    // The agent is subscribed now: what follows reaches it, in order.
+    let forged = "2026-01-01T00:00:00Z  INFO forged";
+    broker.publish(
+        "control/manager/start",
+        &format!(r#"{{"id":"evil\n{forged}\u0000","proplet_id":"{PROPLET}"}}"#),
+    );
+    broker.publish(
+        "control/manager/start",
+        &format!(r#"{{"id":"{}","proplet_id":"{PROPLET}"}}"#, "t".repeat(300)),
+    );
+    broker.publish(
+        "control/manager/stop",
+        &format!(
+            r#"{{"id":"{}\u001b[2J","proplet_id":"{PROPLET}"}}"#,
+            "s".repeat(200)
+        ),
+    );
+    broker.publish(
+        "control/manager/stop",
+        &format!(r#"{{"id":"odd","proplet_id":"{PROPLET}"}}"#),
+    );
+    live.until(Duration::from_secs(20), |m| {
+        m.task_id == "odd" && m.is_final
+    });
+    let _ = runtime.kill();
+    let _ = runtime.wait();
+    let run = stop(live);
+    let stderr = &run.stderr;
+    assert!(!stderr.contains(['\0', '\u{1b}']), "{stderr}");
+    assert!(
+        !stderr.lines().any(|line| line.starts_with(forged)),
+        "a forged line: {stderr}"
+    );
+    let ignored: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("ignoring a control message"))
+        .collect();
+    assert_eq!(ignored.len(), 3, "{stderr}");
+    for (line, expected) in ignored.iter().zip([
+        format!(r#"task id "evil\n{forged}\0" contains a control character"#),
+        "task id is 300 bytes long; the limit is 255".to_owned(),
+        format!(
+            r#"task id "{}… (204 bytes)" contains a control"#,
+            "s".repeat(64)
+        ),
+    ]) {
+        assert!(line.contains(&expected), "{expected}: {line}");
+        assert!(line.len() < 400, "one short line: {line}");
+    }
+    for expected in [
+        r#"task odd: monitoring profile: unknown field "intervall" ignored"#,
+        "task odd: monitoring profile: interval 10ms raised to 100ms",
+        "task odd: history_size 1000000 cut to 10000 samples",
+    ] {
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
+}
+
+/// A fake host runtime for `task_id` that the agent has found: started
+/// again until the agent reports it (its start message may come after the
+/// first one's exec).
+fn discovered_runtime(live: &mut Live, task_id: &str) -> Child {
+    let module = format!("/tmp/proplet_{task_id}.wasm");
+    for _ in 0..10 {
+        let mut runtime = Command::new("sh")
+            .args(["-c", "exec sleep 60", &module])
+            .spawn()
+            .unwrap();
+        if live
+            .try_until(Duration::from_secs(3), |m| m.task_id == task_id)
+            .is_ok()
+        {
+            return runtime;
+        }
+        let _ = runtime.kill();
+        let _ = runtime.wait();
+    }
+    panic!("the agent never found {module}");
+}

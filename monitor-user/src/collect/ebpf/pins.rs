@@ -88,8 +88,7 @@ fn ensure_bpffs() -> anyhow::Result<()> {
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path)
-        .is_ok_and(|stats| stats.filesystem_type().0 == BPF_FS_MAGIC)
+    nix::sys::statfs::statfs(path).is_ok_and(|stats| stats.filesystem_type().0 == BPF_FS_MAGIC)
 }
 
 /// Removes pins of other objects under `root`.
