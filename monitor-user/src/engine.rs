@@ -114,6 +114,18 @@ impl Engine {
         }
     }
 
+    /// Whether the backend took up the kernel state of a previous agent.
+    pub fn resumed(&self) -> bool {
+        self.backend.resumed()
+    }
+
+    /// The agent stops but its tasks go on being counted in the kernel,
+    /// for the next agent: nothing is released.
+    pub fn suspend(&mut self) {
+        self.tasks.clear();
+        self.proplet_slot = None;
+    }
+
     /// Whether the registry changed since the last call (for saving it).
     pub fn take_changed(&mut self) -> bool {
         std::mem::take(&mut self.changed)

@@ -96,6 +96,8 @@ pub struct AgentSettings {
     pub propeller: bool,
     pub proplet_process: Option<PropletProcess>,
     pub discovery_grace: Duration,
+    /// Keep tasks and their counters across agent restarts, here.
+    pub state_dir: Option<std::path::PathBuf>,
     /// A started task whose process has not appeared after this long ends.
     pub discovery_timeout: Duration,
 }
@@ -205,6 +207,7 @@ impl AgentSettings {
             proplet_process,
             discovery_grace,
             discovery_timeout,
+            state_dir: args.state_dir.or(file.state_dir),
         })
     }
 
@@ -243,9 +246,82 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
 /// How long the agent waits at exit for the broker to take the final messages.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
 
+/// The state directory, open and locked, when the agent keeps state.
+#[cfg(unix)]
+type Keeper = crate::state::StateDir;
+#[cfg(not(unix))]
+type Keeper = std::convert::Infallible;
+
+#[cfg(unix)]
+fn open_state(settings: &AgentSettings) -> anyhow::Result<Option<Keeper>> {
+    settings
+        .state_dir
+        .as_deref()
+        .map(crate::state::StateDir::open)
+        .transpose()
+}
+
+#[cfg(not(unix))]
+fn open_state(settings: &AgentSettings) -> anyhow::Result<Option<Keeper>> {
+    anyhow::ensure!(
+        settings.state_dir.is_none(),
+        "--state-dir needs Linux (the kernel state is kept in bpffs)"
+    );
+    Ok(None)
+}
+
+/// Takes up the tasks the previous agent left, if its kernel state is
+/// still there; a registry without it (the machine restarted) is dropped.
+#[cfg(unix)]
+fn resume(engine: &mut Engine, state: &Keeper) -> anyhow::Result<Vec<String>> {
+    if !engine.resumed() {
+        state.clear()?;
+        return Ok(Vec::new());
+    }
+    let Some(registry) = state.load()? else {
+        return Ok(Vec::new());
+    };
+    let awaiting: Vec<String> = registry
+        .tasks
+        .iter()
+        .filter(|task| task.awaiting_discovery)
+        .map(|task| task.task_id.clone())
+        .collect();
+    let restored = engine.restore(registry);
+    tracing::info!("resumed {restored} tasks left by the previous agent");
+    Ok(awaiting)
+}
+
+#[cfg(not(unix))]
+fn resume(_engine: &mut Engine, state: &Keeper) -> anyhow::Result<Vec<String>> {
+    match *state {}
+}
+
+/// Saves the registry if it changed.
+#[cfg(unix)]
+fn save_state(engine: &mut Engine, state: Option<&Keeper>) {
+    let Some(state) = state else { return };
+    if !engine.take_changed() {
+        return;
+    }
+    if let Err(err) = state.save(&engine.registry()) {
+        tracing::warn!("{err:#}");
+    }
+}
+
+#[cfg(not(unix))]
+fn save_state(_engine: &mut Engine, _state: Option<&Keeper>) {}
+
 /// The agent's loop.
 pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
-    let backend = collect::open(settings.backend, &collect::Options::default())?;
+    let state = open_state(&settings)?;
+    let options = collect::Options {
+        #[cfg(unix)]
+        keep_kernel_state: state.as_ref().map(|state| state.kernel_state_name()),
+        #[cfg(not(unix))]
+        keep_kernel_state: None,
+    };
+    let backend = collect::open(settings.backend, &options)?;
     let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(StdoutSink::default())];
     let mut control = None;
     let mut flusher = None;
@@ -257,20 +333,31 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
     }
     let mut engine = Engine::new(backend, Box::new(Fanout(sinks)), monitor_common::MAX_TASKS);
     tracing::info!("propmon agent started ({:?} backend)", engine.source());
+    // Started tasks that may turn out to run inside the proplet process.
+    let mut in_process_checks: Vec<(Instant, String)> = Vec::new();
+    if let Some(state) = &state {
+        for task_id in resume(&mut engine, state)? {
+            if settings.proplet_process.is_some() {
+                in_process_checks.push((Instant::now() + settings.discovery_grace, task_id));
+            }
+        }
+    }
     if settings.propeller {
         start_discovery(&mut engine, &settings)?;
     }
     for spec in &settings.attach {
+        if engine.has_task(&spec.task_id) {
+            continue; // resumed
+        }
         if let Err(err) = attach(&mut engine, &settings, spec) {
             tracing::error!("task {}: {err:#}", untrusted(&spec.task_id));
         }
     }
+    save_state(&mut engine, state.as_ref());
     let mut proplet = settings
         .enable_monitoring
         .then(|| PropletReporter::new(settings.proplet_id.clone(), settings.namespace.clone()));
     let mut next_proplet = Instant::now() + settings.metrics_interval;
-    // Started tasks that may turn out to run inside the proplet process.
-    let mut in_process_checks: Vec<(Instant, String)> = Vec::new();
     let mut signals = StopSignals::install()?;
     let mut events = EventWaker::new(engine.event_fd());
     let mut next_proplet_search = Instant::now() + PROPLET_SEARCH_PERIOD;
@@ -315,11 +402,25 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
                 on_control(&mut engine, &settings, &mut in_process_checks, message);
             }
             stop = signals.recv() => {
-                tracing::info!("received {stop}: final messages for {} tasks", engine.task_count());
-                engine.finish_all();
+                if state.is_some() {
+                    tracing::info!(
+                        "received {stop}: {} tasks keep being counted in the kernel; the next \
+                         agent with this --state-dir resumes them",
+                        engine.task_count()
+                    );
+                    save_state(&mut engine, state.as_ref());
+                    engine.suspend();
+                } else {
+                    tracing::info!(
+                        "received {stop}: final messages for {} tasks",
+                        engine.task_count()
+                    );
+                    engine.finish_all();
+                }
                 break;
             }
         }
+        save_state(&mut engine, state.as_ref());
     }
     drop(engine); // detaches the programs
     if let Some(flusher) = flusher
@@ -564,6 +665,7 @@ mod tests {
             proplet_process: None,
             discovery_grace: Duration::from_secs(1),
             discovery_timeout: DEFAULT_DISCOVERY_TIMEOUT,
+            state_dir: None,
         };
         assert_eq!(
             settings.profile_for(None, true),

@@ -51,6 +51,8 @@ pub struct ConfigFile {
     pub discovery_grace: Option<String>,
     /// A duration such as "60s".
     pub discovery_timeout: Option<String>,
+    /// Where to keep tasks across restarts.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl ConfigFile {

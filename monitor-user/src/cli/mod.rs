@@ -294,6 +294,11 @@ pub struct AgentArgs {
     /// a final message saying so ("end_reason":"not-found") [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
     pub discovery_timeout: Option<Duration>,
+    /// Keep tasks and their counters across agent restarts: the task
+    /// registry goes here (root-only), the kernel state is pinned in bpffs,
+    /// and SIGTERM/SIGINT suspend the agent instead of ending every task.
+    #[arg(long, value_name = "DIR", env = "PROPMON_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// A TOML file with any of these settings (flags and environment
     /// variables take precedence).
     #[arg(long, value_name = "FILE", env = "PROPMON_CONFIG")]

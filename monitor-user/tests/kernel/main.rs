@@ -90,7 +90,7 @@ impl Finished {
 pub struct Live {
     child: Child,
     lines: mpsc::Receiver<String>,
-    stderr: thread::JoinHandle<String>,
+    stderr: Option<thread::JoinHandle<String>>,
     pub messages: Vec<TaskMetricsMessage>,
     stdout_lines: Vec<String>,
 }
@@ -109,7 +109,8 @@ impl Live {
                 }
             }
         });
-        let stderr = thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+        let stderr =
+            Some(thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default()));
         Live {
             child,
             lines,
@@ -168,9 +169,9 @@ impl Live {
             self.take_line(line);
         }
         Finished {
-            messages: self.messages,
-            stdout_lines: self.stdout_lines,
-            stderr: self.stderr.join().unwrap(),
+            messages: std::mem::take(&mut self.messages),
+            stdout_lines: std::mem::take(&mut self.stdout_lines),
+            stderr: self.stderr.take().map(|t| t.join().unwrap()).unwrap_or_default(),
             status,
         }
     }
@@ -185,6 +186,17 @@ impl Live {
             serde_json::from_value(value).unwrap_or_else(|err| panic!("bad task message: {err}"));
         self.messages.push(message.clone());
         Some(message)
+    }
+}
+
+/// A failed test must not leave its agent running (its programs would
+/// stay loaded and disturb the tests that follow).
+impl Drop for Live {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
