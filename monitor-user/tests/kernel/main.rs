@@ -70,20 +70,30 @@ pub struct Finished {
 
 impl Finished {
     /// The final message, after checking the stream's invariants: `seq`
-    /// counts 1, 2, 3... and exactly the last message is final.
+    /// counts 1, 2, 3..., exactly the last message is final, and every
+    /// message has the same fields (issue 10, item 14: the final message
+    /// too, with 0 for the counts of processes that are gone).
     pub fn final_message(&self) -> &TaskMetricsMessage {
         assert!(
             !self.messages.is_empty(),
             "no messages; stderr:\n{}",
             self.stderr
         );
+        let shape = metric_fields(&self.messages[0]);
         for (index, message) in self.messages.iter().enumerate() {
             assert_eq!(message.seq, index as u64 + 1, "seq of message {index}");
             let is_last = index + 1 == self.messages.len();
             assert_eq!(message.is_final, is_last, "final flag of message {index}");
+            assert_eq!(metric_fields(message), shape, "fields of message {index}");
         }
         self.messages.last().unwrap()
     }
+}
+
+/// The names of the figures in a message's `metrics`.
+fn metric_fields(message: &TaskMetricsMessage) -> Vec<String> {
+    let metrics = serde_json::to_value(&message.metrics).unwrap();
+    metrics.as_object().unwrap().keys().cloned().collect()
 }
 
 /// A running propmon whose messages are read as they arrive.
