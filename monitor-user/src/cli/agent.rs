@@ -129,7 +129,7 @@ impl AgentSettings {
             .unwrap_or_else(host_name);
         let propeller = args.propeller.or(file.propeller).unwrap_or(false);
         let mut mqtt_args = args.mqtt;
-        file.fill_mqtt(&mut mqtt_args);
+        file.fill_mqtt(&mut mqtt_args)?;
         let subscribe: &[&str] = if propeller {
             &[propeller::START_PATH, propeller::STOP_PATH]
         } else {
@@ -255,7 +255,9 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
                 }
             }
             Some(message) = recv(&mut control) => {
-                on_control(&mut engine, &settings, &mut in_process_checks, message);
+                on_control(&mut engine, &settings, &mut in_process_checks, &message);
+                // Only now: the broker delivers again what was never acted on.
+                message.acknowledge();
             }
             stop = signals.recv() => {
                 tracing::info!("received {stop}: final messages for {} tasks", engine.task_count());
@@ -273,7 +275,7 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn recv(control: &mut Option<mpsc::Receiver<Incoming>>) -> Option<Incoming> {
+async fn recv(control: &mut Option<mpsc::UnboundedReceiver<Incoming>>) -> Option<Incoming> {
     match control {
         Some(receiver) => receiver.recv().await,
         None => std::future::pending().await,
@@ -285,7 +287,7 @@ fn on_control(
     engine: &mut Engine,
     settings: &AgentSettings,
     in_process_checks: &mut Vec<(Instant, String)>,
-    message: Incoming,
+    message: &Incoming,
 ) {
     match propeller::parse(&message.topic, &message.payload, &settings.proplet_id) {
         Ok(Control::Start(start)) => {

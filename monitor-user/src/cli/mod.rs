@@ -125,6 +125,18 @@ pub struct MqttArgs {
     /// are dropped and counted [default: 60000, 10 min of 100 tasks at 1 s].
     #[arg(long, value_name = "N", env = "PROPMON_MQTT_QUEUE_SIZE")]
     pub mqtt_queue_size: Option<usize>,
+    /// MQTT version: 5, or 3.1.1 for a broker that refuses 5 [default: 5].
+    #[arg(
+        long,
+        value_enum,
+        value_name = "VERSION",
+        env = "PROPMON_MQTT_PROTOCOL"
+    )]
+    pub mqtt_protocol: Option<crate::export::mqtt::Protocol>,
+    /// Largest control message taken from the broker (a start message
+    /// carries the task's module): bytes, KiB or MiB [default: 32MiB].
+    #[arg(long, value_name = "SIZE", env = "PROPMON_MQTT_MAX_MESSAGE_SIZE", value_parser = crate::export::mqtt::parse_message_size)]
+    pub mqtt_max_message_size: Option<usize>,
 }
 
 impl MqttArgs {
@@ -134,7 +146,9 @@ impl MqttArgs {
         proplet_id: &str,
         subscribe: &[&str],
     ) -> anyhow::Result<Option<crate::export::mqtt::MqttSettings>> {
-        use crate::export::mqtt::{DEFAULT_QUEUE_SIZE, MqttSettings, TopicStyle};
+        use crate::export::mqtt::{
+            DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_QUEUE_SIZE, MqttSettings, Protocol, TopicStyle,
+        };
         let Some(url) = self.mqtt_url.clone().filter(|url| !url.trim().is_empty()) else {
             return Ok(None);
         };
@@ -157,6 +171,10 @@ impl MqttArgs {
             channel_id: channel_id.clone(),
             topic_style: self.topic_style.unwrap_or(TopicStyle::Propeller),
             queue_size: self.mqtt_queue_size.unwrap_or(DEFAULT_QUEUE_SIZE),
+            protocol: self.mqtt_protocol.unwrap_or(Protocol::V5),
+            max_message_size: self
+                .mqtt_max_message_size
+                .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE),
             subscribe: Vec::new(),
         };
         settings.subscribe = subscribe.iter().map(|path| settings.topic(path)).collect();

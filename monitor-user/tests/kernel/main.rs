@@ -13,12 +13,13 @@ mod disk;
 mod lifecycle;
 mod mqtt;
 mod net;
+mod tcp_proxy;
 
 use std::{
     io::{BufRead as _, BufReader},
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{Mutex, MutexGuard, mpsc},
+    sync::{Arc, Mutex, MutexGuard, mpsc},
     thread,
     time::{Duration, Instant},
 };
@@ -100,7 +101,9 @@ fn metric_fields(message: &TaskMetricsMessage) -> Vec<String> {
 pub struct Live {
     child: Child,
     lines: mpsc::Receiver<String>,
-    stderr: thread::JoinHandle<String>,
+    stderr: thread::JoinHandle<()>,
+    /// stderr so far, line by line.
+    log: Arc<Mutex<Vec<String>>>,
     pub messages: Vec<TaskMetricsMessage>,
     stdout_lines: Vec<String>,
 }
@@ -119,11 +122,18 @@ impl Live {
                 }
             }
         });
-        let stderr = thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let stderr = thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
         Live {
             child,
             lines,
             stderr,
+            log,
             messages: Vec::new(),
             stdout_lines: Vec::new(),
         }
@@ -131,6 +141,27 @@ impl Live {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// stderr lines so far that contain `fragment`.
+    pub fn log_lines(&self, fragment: &str) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .filter(|l| l.contains(fragment))
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until stderr has had `count` lines containing `fragment`.
+    pub fn wait_for_log(&self, fragment: &str, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.log_lines(fragment).len() < count {
+            if Instant::now() > deadline {
+                let log = self.log.lock().unwrap().join("\n");
+                panic!("no {count} log lines with {fragment:?} within {timeout:?}; stderr:\n{log}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Reads messages until one satisfies `wanted`, and returns it.
@@ -168,10 +199,12 @@ impl Live {
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
             self.take_line(line);
         }
+        self.stderr.join().unwrap();
+        let stderr = self.log.lock().unwrap().join("\n");
         Finished {
             messages: self.messages,
             stdout_lines: self.stdout_lines,
-            stderr: self.stderr.join().unwrap(),
+            stderr,
             status,
         }
     }

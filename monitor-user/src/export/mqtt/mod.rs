@@ -7,8 +7,20 @@
 //! for good only when the broker acknowledged it. Whatever was sent but not
 //! acknowledged when the connection dropped goes back to the front of the
 //! queue, in order, and is sent again after reconnecting (a consumer may
-//! then see a QoS 1 duplicate, never a gap). The sampling loop only ever
-//! pushes into the queue; a background task does the network.
+//! then see a QoS 1 duplicate, never a gap); the queue is the only thing
+//! that sends again (see `client`). The sampling loop only ever pushes into
+//! the queue; a background task does the network.
+//!
+//! Control messages are not lost either: the session is persistent, so the
+//! broker keeps them while the agent is away, and each one is acknowledged
+//! only once the agent acted on it ([`Incoming::acknowledge`]). No control
+//! message can break the connection: MQTT 5 tells the broker the largest
+//! one we take (`--mqtt-max-message-size`), and it drops larger ones for
+//! us; over MQTT 3.1.1, which cannot say so, larger ones are read, logged
+//! and dropped here.
+
+pub mod client;
+mod errors;
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -20,22 +32,53 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing as MqttOutgoing, Packet,
-    QoS,
-};
 use tokio::sync::{Notify, mpsc};
 
+pub use self::client::Protocol;
+use self::{
+    client::{AckToken, ConnectOptions, Connection, Event, Failure, Received},
+    errors::Circumstances,
+};
 use super::{Outgoing, Sink};
 
 /// Default queue size: 10 minutes of 100 tasks at 1 s.
 pub const DEFAULT_QUEUE_SIZE: usize = 60_000;
+/// Default largest control message: a start message carries the task's
+/// WebAssembly module, base64-encoded, in `file`.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 32 << 20;
 /// Messages handed to the MQTT client and not yet acknowledged, at most.
 const IN_FLIGHT: usize = 100;
-/// Largest control message accepted (a start message carries the module).
-const MAX_INCOMING_BYTES: usize = 32 << 20;
 /// Retries stay frequent: a broker that comes back is used within seconds.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Parses `--mqtt-max-message-size`: bytes, or a number of `KiB` or `MiB`;
+/// between 1 KiB and 256 MiB (MQTT's own limit).
+pub fn parse_message_size(text: &str) -> Result<usize, String> {
+    let trimmed = text.trim();
+    let (number, unit) = match trimmed.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => trimmed.split_at(at),
+        None => (trimmed, ""),
+    };
+    let scale = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        other => {
+            return Err(format!(
+                "invalid size {text:?}: unknown unit {other:?} (examples: 33554432, 512KiB, 32MiB)"
+            ));
+        }
+    };
+    let bytes = number
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("invalid size {text:?} (examples: 33554432, 512KiB, 32MiB)"))?;
+    if !(1 << 10..=256 << 20).contains(&bytes) {
+        return Err(format!("size {text:?} is out of range (1KiB to 256MiB)"));
+    }
+    Ok(bytes)
+}
 
 /// Which per-task topic: Propeller's (`control/proplet/task_metrics`) or the
 /// original Rust design's (`metrics/proplet`).
@@ -58,6 +101,9 @@ pub struct MqttSettings {
     pub channel_id: String,
     pub topic_style: TopicStyle,
     pub queue_size: usize,
+    pub protocol: Protocol,
+    /// Largest control message accepted, bytes.
+    pub max_message_size: usize,
     /// Control topics to subscribe to (Propeller mode).
     pub subscribe: Vec<String>,
 }
@@ -77,10 +123,35 @@ impl MqttSettings {
 }
 
 /// A message received on a subscribed topic.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Incoming {
     pub topic: String,
     pub payload: Vec<u8>,
+    receipt: Receipt,
+}
+
+#[derive(Debug)]
+struct Receipt {
+    token: AckToken,
+    acks: mpsc::UnboundedSender<AckToken>,
+    wake: Arc<Notify>,
+}
+
+impl Incoming {
+    /// Tells the broker that the message was dealt with (acted on, or
+    /// rejected as invalid), so it is not delivered again. A message never
+    /// acknowledged, because the agent stopped first or the connection
+    /// dropped, is delivered again on the next connection.
+    pub fn acknowledge(&self) {
+        if self.receipt.acks.send(self.receipt.token).is_err() {
+            // The publisher has stopped: the broker keeps the message for
+            // the next session, which is what an acknowledgement lost in
+            // transit would give too.
+            tracing::debug!("acknowledgement not sent: the MQTT publisher has stopped");
+            return;
+        }
+        self.receipt.wake.notify_one();
+    }
 }
 
 struct Queued {
@@ -133,34 +204,43 @@ impl Flusher {
 /// stream of messages received on `settings.subscribe`.
 pub fn start(
     settings: MqttSettings,
-) -> anyhow::Result<(MqttSink, Flusher, mpsc::Receiver<Incoming>)> {
-    let options = mqtt_options(&settings)?;
-    let (client, eventloop) = AsyncClient::new(options, IN_FLIGHT * 2);
+) -> anyhow::Result<(MqttSink, Flusher, mpsc::UnboundedReceiver<Incoming>)> {
+    let endpoint = Endpoint::parse(&settings.url)?;
+    let connection = Connection::new(connect_options(&settings, &endpoint)?)?;
     let queue = Arc::new(Mutex::new(Queue::default()));
     let wake = Arc::new(Notify::new());
     let unacked = Arc::new(AtomicU64::new(0));
-    let (incoming_tx, incoming_rx) = mpsc::channel(1024);
+    let dropped = Arc::new(AtomicU64::new(0));
+    let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
+    let (acks_tx, acks_rx) = mpsc::unbounded_channel();
     let publisher = Publisher {
-        client,
-        eventloop,
+        connection,
         queue: queue.clone(),
         wake: wake.clone(),
         unacked_count: unacked.clone(),
+        dropped: dropped.clone(),
         handed: VecDeque::new(),
         unacked: BTreeMap::new(),
         connected: false,
         backoff: Duration::from_secs(1),
         subscribe: settings.subscribe.clone(),
         incoming: incoming_tx,
+        acks: acks_rx,
+        acks_tx,
         url: settings.url.clone(),
+        server: endpoint.server(),
+        protocol: settings.protocol,
+        max_message_size: settings.max_message_size,
+        broker_max_packet: None,
         failing_since: None,
         last_warning: None,
+        last_refusal: None,
     };
     tokio::spawn(publisher.run());
     let sink = MqttSink {
         queue: queue.clone(),
         wake,
-        dropped: Arc::new(AtomicU64::new(0)),
+        dropped,
         capacity: settings.queue_size.max(1),
         task_topic: settings.task_topic(),
         proplet_topic: settings.topic("control/proplet/metrics"),
@@ -169,38 +249,40 @@ pub fn start(
     Ok((sink, Flusher { queue, unacked }, incoming_rx))
 }
 
-fn mqtt_options(settings: &MqttSettings) -> anyhow::Result<MqttOptions> {
-    let endpoint = Endpoint::parse(&settings.url)?;
-    let mut options = MqttOptions::new(&settings.client_id, &endpoint.host, endpoint.port);
-    options
-        .set_keep_alive(Duration::from_secs(15))
-        // The session lives in our queue, not the broker: a restarted
-        // broker forgets sessions, and we replay what it never acknowledged.
-        .set_clean_session(true)
-        .set_max_packet_size(MAX_INCOMING_BYTES, MAX_INCOMING_BYTES)
-        .set_inflight(IN_FLIGHT as u16);
-    if let Some(username) = &settings.username {
-        options.set_credentials(username, settings.password.clone().unwrap_or_default());
-    }
-    if endpoint.tls {
-        set_tls(&mut options, settings.ca_file.as_deref())?;
-    }
-    Ok(options)
+fn connect_options(settings: &MqttSettings, endpoint: &Endpoint) -> anyhow::Result<ConnectOptions> {
+    let transport = if endpoint.tls {
+        tls_transport(settings.ca_file.as_deref())?
+    } else {
+        rumqttc::Transport::tcp()
+    };
+    let credentials = settings.username.as_ref().map(|username| {
+        let password = settings.password.clone().unwrap_or_default();
+        (username.clone(), password)
+    });
+    Ok(ConnectOptions {
+        host: endpoint.host.clone(),
+        port: endpoint.port,
+        client_id: settings.client_id.clone(),
+        credentials,
+        transport,
+        protocol: settings.protocol,
+        max_message_size: settings.max_message_size,
+        in_flight: IN_FLIGHT as u16,
+    })
 }
 
 #[cfg(feature = "tls")]
-fn set_tls(options: &mut MqttOptions, ca_file: Option<&std::path::Path>) -> anyhow::Result<()> {
+fn tls_transport(ca_file: Option<&std::path::Path>) -> anyhow::Result<rumqttc::Transport> {
     let Some(ca_file) = ca_file else {
         bail!("mqtts:// needs the broker's CA certificate: pass --mqtt-ca-file FILE (PEM)");
     };
     let ca = std::fs::read(ca_file)
         .with_context(|| format!("reading the CA certificate {}", ca_file.display()))?;
-    options.set_transport(rumqttc::Transport::tls(ca, None, None));
-    Ok(())
+    Ok(rumqttc::Transport::tls(ca, None, None))
 }
 
 #[cfg(not(feature = "tls"))]
-fn set_tls(_: &mut MqttOptions, _: Option<&std::path::Path>) -> anyhow::Result<()> {
+fn tls_transport(_: Option<&std::path::Path>) -> anyhow::Result<rumqttc::Transport> {
     bail!("this propmon was built without TLS (feature `tls`): use mqtt:// or rebuild with it")
 }
 
@@ -243,6 +325,15 @@ impl Endpoint {
             port,
             tls,
         })
+    }
+
+    /// `host:port`, as users name a server.
+    pub fn server(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 }
 
@@ -307,11 +398,12 @@ impl Sink for MqttSink {
 
 /// The background task that owns the connection.
 struct Publisher {
-    client: AsyncClient,
-    eventloop: EventLoop,
+    connection: Connection,
     queue: Arc<Mutex<Queue>>,
     wake: Arc<Notify>,
     unacked_count: Arc<AtomicU64>,
+    /// Messages lost (full queue, refused by the broker), shared with the sink.
+    dropped: Arc<AtomicU64>,
     /// Handed to the client, waiting for their packet id, in order.
     handed: VecDeque<Queued>,
     /// Sent, waiting for PUBACK, by packet id.
@@ -319,24 +411,36 @@ struct Publisher {
     connected: bool,
     backoff: Duration,
     subscribe: Vec<String>,
-    incoming: mpsc::Sender<Incoming>,
+    incoming: mpsc::UnboundedSender<Incoming>,
+    /// Acknowledgements of handled control messages, to send.
+    acks: mpsc::UnboundedReceiver<AckToken>,
+    acks_tx: mpsc::UnboundedSender<AckToken>,
     url: String,
+    /// `host:port`.
+    server: String,
+    protocol: Protocol,
+    max_message_size: usize,
+    /// The largest packet the broker takes from us, if it said (MQTT 5).
+    broker_max_packet: Option<usize>,
     failing_since: Option<Instant>,
     /// When the outage was last reported (once a minute at most).
     last_warning: Option<Instant>,
+    /// When a refused message was last reported (once a minute at most).
+    last_refusal: Option<Instant>,
 }
 
 impl Publisher {
     async fn run(mut self) {
         loop {
             if self.connected {
+                self.send_acks();
                 self.hand_over();
             }
             tokio::select! {
-                event = self.eventloop.poll() => match event {
+                event = self.connection.poll() => match event {
                     Ok(event) => self.on_event(event),
-                    Err(err) => {
-                        self.on_error(&err);
+                    Err(failure) => {
+                        self.on_error(&failure);
                         tokio::time::sleep(self.backoff).await;
                         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
                     }
@@ -346,19 +450,24 @@ impl Publisher {
         }
     }
 
+    /// Acknowledgements of control messages the agent has dealt with.
+    fn send_acks(&mut self) {
+        while let Ok(token) = self.acks.try_recv() {
+            self.connection.ack(token);
+        }
+    }
+
     /// Moves queued messages to the client, up to the in-flight window.
     fn hand_over(&mut self) {
         while self.handed.len() + self.unacked.len() < IN_FLIGHT {
             let Some(next) = self.queue.lock().expect("queue lock").waiting.pop_front() else {
                 break;
             };
-            let request = self.client.try_publish(
-                next.topic.clone(),
-                QoS::AtLeastOnce,
-                false,
-                next.payload.clone(),
-            );
-            if request.is_err() {
+            if self.too_large_for_broker(&next) {
+                self.refused(&next, "larger than the broker's maximum packet size");
+                continue;
+            }
+            if !self.connection.publish(&next.topic, &next.payload) {
                 self.queue
                     .lock()
                     .expect("queue lock")
@@ -371,50 +480,133 @@ impl Publisher {
         self.count_unacked();
     }
 
+    /// A message the broker said it would refuse: sending it would fail the
+    /// connection, again at every attempt.
+    fn too_large_for_broker(&self, message: &Queued) -> bool {
+        // Fixed header, topic, packet id, empty MQTT 5 properties.
+        let packet = 5 + 2 + message.topic.len() + 2 + 1 + message.payload.len();
+        self.broker_max_packet.is_some_and(|max| packet > max)
+    }
+
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Incoming(Packet::ConnAck(_)) => {
-                self.connected = true;
-                self.backoff = Duration::from_secs(1);
-                self.last_warning = None;
-                match self.failing_since.take() {
-                    Some(since) => tracing::info!(
-                        "MQTT broker {} reachable again after {:.0?}; sending what waited",
-                        self.url,
-                        since.elapsed()
-                    ),
-                    None => tracing::info!("connected to the MQTT broker {}", self.url),
-                }
-                for topic in &self.subscribe {
-                    if let Err(err) = self.client.try_subscribe(topic, QoS::AtLeastOnce) {
-                        tracing::warn!("subscribing to {topic}: {err}");
-                    }
-                }
-            }
-            Event::Outgoing(MqttOutgoing::Publish(pkid)) => {
+            Event::Connected {
+                session_present,
+                max_packet_size,
+            } => self.on_connected(session_present, max_packet_size),
+            Event::Sent(pkid) => {
                 if let Some(message) = self.handed.pop_front() {
                     self.unacked.insert(pkid, message);
                 }
             }
-            Event::Incoming(Packet::PubAck(ack)) => {
-                self.unacked.remove(&ack.pkid);
+            Event::Acked { pkid, refused } => {
+                let message = self.unacked.remove(&pkid);
+                if let (Some(message), Some(why)) = (message, refused) {
+                    self.refused(&message, &why);
+                }
                 self.count_unacked();
             }
-            Event::Incoming(Packet::Publish(publish)) => {
-                let message = Incoming {
-                    topic: publish.topic,
-                    payload: publish.payload.to_vec(),
-                };
-                if self.incoming.try_send(message).is_err() {
-                    tracing::warn!("control messages arrive faster than handled: one skipped");
+            Event::Subscribed(outcomes) => {
+                if outcomes.iter().all(Option::is_none) {
+                    tracing::info!("subscribed to {}", self.subscribe.join(", "));
+                }
+                for (topic, why) in self.subscribe.iter().zip(outcomes) {
+                    if let Some(why) = why {
+                        tracing::warn!(
+                            "the MQTT broker refused the subscription to {topic} ({why}): the \
+                             Manager's messages there will not arrive (check the broker's access \
+                             rules for this client)"
+                        );
+                    }
                 }
             }
-            _ => {}
+            Event::Message(received) => self.on_message(received),
+            Event::Other => {}
         }
     }
 
+    fn on_connected(&mut self, session_present: bool, max_packet_size: Option<usize>) {
+        self.connected = true;
+        self.backoff = Duration::from_secs(1);
+        self.last_warning = None;
+        self.broker_max_packet = max_packet_size;
+        match self.failing_since.take() {
+            Some(since) => tracing::info!(
+                "MQTT broker {} reachable again after {:.0?}; sending what waited",
+                self.url,
+                since.elapsed()
+            ),
+            None => tracing::info!("connected to the MQTT broker {}", self.url),
+        }
+        tracing::debug!("MQTT session present: {session_present}");
+        // Also when the session is present: it may predate these topics.
+        if !self.subscribe.is_empty()
+            && let Err(err) = self.connection.subscribe(&self.subscribe)
+        {
+            tracing::warn!("subscribing to {}: {err}", self.subscribe.join(", "));
+        }
+    }
+
+    fn on_message(&mut self, received: Received) {
+        let Received {
+            topic,
+            payload,
+            ack,
+        } = received;
+        if payload.len() > self.max_message_size {
+            tracing::warn!(
+                "control message on {topic} dropped: {} bytes, above the limit of {} bytes \
+                 (--mqtt-max-message-size)",
+                payload.len(),
+                self.max_message_size
+            );
+            // Acknowledged, or the broker would deliver it again and again.
+            self.connection.ack(ack);
+            return;
+        }
+        let receipt = Receipt {
+            token: ack,
+            acks: self.acks_tx.clone(),
+            wake: self.wake.clone(),
+        };
+        let message = Incoming {
+            topic,
+            payload,
+            receipt,
+        };
+        if self.incoming.send(message).is_err() {
+            // Nobody listens (the agent is stopping): not acknowledged, so
+            // the broker keeps it for the next session.
+            tracing::debug!("control message left for the next session");
+        }
+    }
+
+    /// The broker will not take a message: it is dropped and counted.
+    fn refused(&mut self, message: &Queued, why: &str) {
+        let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = Instant::now();
+        if self
+            .last_refusal
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(60))
+        {
+            return;
+        }
+        self.last_refusal = Some(now);
+        tracing::warn!(
+            "the MQTT broker refused a message on {} ({why}); {dropped} messages dropped so \
+             far (check the broker's access rules and limits for this client)",
+            message.topic
+        );
+    }
+
     /// The connection failed: what was not acknowledged goes back first.
-    fn on_error(&mut self, err: &ConnectionError) {
+    fn on_error(&mut self, failure: &Failure) {
+        let circumstances = Circumstances {
+            server: &self.server,
+            protocol: self.protocol,
+            handshake: !self.connected,
+        };
+        let description = errors::describe(failure, &circumstances);
         self.connected = false;
         let mut replay: Vec<Queued> = std::mem::take(&mut self.unacked).into_values().collect();
         replay.extend(self.handed.drain(..));
@@ -433,33 +625,15 @@ impl Publisher {
             .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(60));
         if warn_again {
             self.last_warning = Some(now);
-            tracing::warn!(
-                "MQTT broker {}: {}; retrying (messages wait in the queue)",
-                self.url,
-                describe(err)
-            );
+            tracing::warn!("{description}; retrying (messages wait in the queue)");
         } else {
-            tracing::debug!("MQTT broker {}: {}", self.url, describe(err));
+            tracing::debug!("{description} ({failure})");
         }
     }
 
     fn count_unacked(&self) {
         let count = self.unacked.len() + self.handed.len();
         self.unacked_count.store(count as u64, Ordering::Relaxed);
-    }
-}
-
-fn describe(err: &ConnectionError) -> String {
-    use rumqttc::ConnectReturnCode as Code;
-    match err {
-        ConnectionError::ConnectionRefused(Code::BadUserNamePassword | Code::NotAuthorized) => {
-            "connection refused: bad user name or password \
-             (check --mqtt-username/--mqtt-password)"
-                .to_owned()
-        }
-        ConnectionError::ConnectionRefused(code) => format!("connection refused ({code:?})"),
-        ConnectionError::Io(io) => format!("cannot connect: {io}"),
-        other => other.to_string(),
     }
 }
 
@@ -498,8 +672,38 @@ mod tests {
     }
 
     #[test]
-    fn topics_follow_the_style() {
-        let mut settings = MqttSettings {
+    fn message_sizes_take_bytes_kib_and_mib_within_mqtt_limits() {
+        assert_eq!(parse_message_size("32MiB"), Ok(DEFAULT_MAX_MESSAGE_SIZE));
+        assert_eq!(parse_message_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_message_size(" 512 KiB "), Ok(512 << 10));
+        assert_eq!(parse_message_size("256MiB"), Ok(256 << 20));
+        for (bad, expected) in [
+            ("12", "out of range"),
+            ("257MiB", "out of range"),
+            ("1GiB", "unknown unit \"GiB\""),
+            ("lots", "invalid size"),
+            ("99999999999999999999MiB", "invalid size"),
+            ("", "invalid size"),
+        ] {
+            let err = parse_message_size(bad).unwrap_err();
+            assert!(err.contains(expected), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_empty_client_id_is_an_error_not_a_panic() {
+        let settings = MqttSettings {
+            client_id: String::new(),
+            ..test_settings()
+        };
+        let endpoint = Endpoint::parse(&settings.url).unwrap();
+        let options = connect_options(&settings, &endpoint).unwrap();
+        let err = Connection::new(options).err().unwrap();
+        assert!(err.to_string().contains("--mqtt-client-id"), "{err}");
+    }
+
+    fn test_settings() -> MqttSettings {
+        MqttSettings {
             url: "mqtt://x".into(),
             client_id: "c".into(),
             username: None,
@@ -509,8 +713,15 @@ mod tests {
             channel_id: "ch".into(),
             topic_style: TopicStyle::Propeller,
             queue_size: 1,
+            protocol: Protocol::V311,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             subscribe: vec![],
-        };
+        }
+    }
+
+    #[test]
+    fn topics_follow_the_style() {
+        let mut settings = test_settings();
         assert_eq!(
             settings.task_topic(),
             "m/d/c/ch/control/proplet/task_metrics"
