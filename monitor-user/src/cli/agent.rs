@@ -135,9 +135,17 @@ impl AgentSettings {
         } else {
             &[]
         };
-        let mqtt = mqtt_args.settings(&proplet_id, subscribe)?;
+        let mut mqtt = mqtt_args.settings(&proplet_id, subscribe)?;
         if propeller && mqtt.is_none() {
             bail!("--propeller needs a broker: set --mqtt-url (PROPLET_MQTT_ADDRESS)");
+        }
+        let enable_monitoring = args
+            .enable_monitoring
+            .or(file.enable_monitoring)
+            .unwrap_or(true);
+        if let Some(mqtt) = mqtt.as_mut().filter(|_| propeller) {
+            // Beside a real proplet, the variable is the proplet's own.
+            mqtt.beside_proplet(enable_monitoring);
         }
         let proplet_process = match (
             args.proplet_pid.or(file.proplet_pid),
@@ -162,10 +170,8 @@ impl AgentSettings {
                 .or(file.namespace)
                 .unwrap_or_else(|| "default".to_owned()),
             metrics_interval,
-            enable_monitoring: args
-                .enable_monitoring
-                .or(file.enable_monitoring)
-                .unwrap_or(true),
+            // Beside a proplet, propmon's own message has a topic of its own.
+            enable_monitoring: enable_monitoring || propeller,
             mqtt,
             propeller,
             proplet_process,

@@ -147,7 +147,8 @@ impl MqttArgs {
         subscribe: &[&str],
     ) -> anyhow::Result<Option<crate::export::mqtt::MqttSettings>> {
         use crate::export::mqtt::{
-            DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_QUEUE_SIZE, MqttSettings, Protocol, TopicStyle,
+            DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_QUEUE_SIZE, MqttSettings, PROPLET_METRICS_PATH,
+            Protocol, TopicStyle,
         };
         let Some(url) = self.mqtt_url.clone().filter(|url| !url.trim().is_empty()) else {
             return Ok(None);
@@ -176,6 +177,8 @@ impl MqttArgs {
                 .mqtt_max_message_size
                 .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE),
             subscribe: Vec::new(),
+            agent_metrics_path: PROPLET_METRICS_PATH,
+            publish_task_metrics: true,
         };
         settings.subscribe = subscribe.iter().map(|path| settings.topic(path)).collect();
         Ok(Some(settings))
@@ -229,7 +232,9 @@ pub struct AgentArgs {
     /// 30s [default: 10].
     #[arg(long, value_name = "INTERVAL", env = "PROPLET_METRICS_INTERVAL", value_parser = parse_metrics_interval)]
     pub metrics_interval: Option<Duration>,
-    /// Send proplet-level messages [default: true].
+    /// Send proplet-level messages [default: true]. With --propeller: the
+    /// real proplet's own monitoring (Propeller's variable); propmon then
+    /// publishes task metrics only when it is false.
     #[arg(long, value_name = "BOOL", env = "PROPLET_ENABLE_MONITORING", value_parser = BoolishValueParser::new())]
     pub enable_monitoring: Option<bool>,
     #[command(flatten)]

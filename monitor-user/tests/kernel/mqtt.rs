@@ -1050,3 +1050,54 @@ fn a_server_that_does_not_speak_mqtt_is_named_once() {
         lines[0]
     );
 }
+
+/// Issue 10, item 15: beside a real proplet (Propeller mode), propmon never
+/// writes in a Manager series the proplet owns. By default (the proplet's
+/// own monitoring on) its task metrics stay on stdout and its own message
+/// goes to control/propmon/metrics; with PROPLET_ENABLE_MONITORING=false
+/// (the proplet's monitoring off) it publishes the task metrics, still
+/// never on control/proplet/metrics.
+#[test]
+fn propeller_mode_never_writes_in_the_proplets_series() {
+    let Some(_serial) = kernel_test() else { return };
+    for (proplet_monitoring, task) in [(None, "beside-default"), (Some("false"), "beside-off")] {
+        let broker = Broker::start(None);
+        let subscriber = Subscriber::start(&broker, None);
+        let mut command = agent(&broker.url(), &["--propeller", "--metrics-interval", "1s"]);
+        if let Some(value) = proplet_monitoring {
+            command.env("PROPLET_ENABLE_MONITORING", value);
+        }
+        let live = Live::start(command);
+        live.wait_for_log("subscribed to", 1, Duration::from_secs(20));
+        broker.publish("control/manager/start", &start_message(task));
+        live.wait_for_log(
+            &format!("task {task}: waiting for its process"),
+            1,
+            Duration::from_secs(20),
+        );
+        run_task_process(task);
+        live.wait_for_log(&format!("task {task} ended"), 1, Duration::from_secs(20));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while subscriber.count_on("control/propmon/metrics") < 2 {
+            assert!(Instant::now() < deadline, "no message of propmon's own");
+            thread::sleep(Duration::from_millis(50));
+        }
+        if proplet_monitoring.is_some() {
+            subscriber.wait_for(Duration::from_secs(10), |messages| {
+                messages.iter().any(|m| m.task_id == task && m.is_final)
+            });
+        }
+        let run = stop(live);
+        assert_eq!(subscriber.count_on("control/proplet/metrics"), 0);
+        let published = subscriber.count_on("control/proplet/task_metrics");
+        let on_stdout = run.messages.iter().filter(|m| m.task_id == task).count();
+        assert!(on_stdout >= 1, "{}", run.stderr);
+        let warned = run
+            .stderr
+            .contains("PROPLET_ENABLE_MONITORING is not false");
+        match proplet_monitoring {
+            None => assert!(published == 0 && warned, "{published}: {}", run.stderr),
+            Some(_) => assert!(published == on_stdout && !warned, "{}", run.stderr),
+        }
+    }
+}

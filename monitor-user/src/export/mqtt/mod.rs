@@ -106,12 +106,32 @@ pub struct MqttSettings {
     pub max_message_size: usize,
     /// Control topics to subscribe to (Propeller mode).
     pub subscribe: Vec<String>,
+    /// Where the agent's own message goes (after `m/{domain}/c/{channel}/`).
+    pub agent_metrics_path: &'static str,
+    /// Whether per-task messages are published (always on stdout).
+    pub publish_task_metrics: bool,
 }
+
+/// The proplet-level series of the Manager.
+pub const PROPLET_METRICS_PATH: &str = "control/proplet/metrics";
+/// propmon's own message beside a real proplet: a topic the Manager does
+/// not read, so that it never lands in the proplet's series.
+pub const PROPMON_METRICS_PATH: &str = "control/propmon/metrics";
 
 impl MqttSettings {
     /// `m/{domain}/c/{channel}/{path}`.
     pub fn topic(&self, path: &str) -> String {
         format!("m/{}/c/{}/{path}", self.domain_id, self.channel_id)
+    }
+
+    /// Beside a real proplet (Propeller mode) the Manager's series belong
+    /// to it: the proplet-level one always (propmon's own message goes to
+    /// [`PROPMON_METRICS_PATH`]), the per-task ones unless the proplet's
+    /// own monitoring is off (`PROPLET_ENABLE_MONITORING=false`, read from
+    /// the environment both share). So two sources never mix in a series.
+    pub fn beside_proplet(&mut self, proplet_monitors_tasks: bool) {
+        self.agent_metrics_path = PROPMON_METRICS_PATH;
+        self.publish_task_metrics = !proplet_monitors_tasks;
     }
 
     fn task_topic(&self) -> String {
@@ -173,7 +193,8 @@ pub struct MqttSink {
     wake: Arc<Notify>,
     dropped: Arc<AtomicU64>,
     capacity: usize,
-    task_topic: String,
+    /// `None`: per-task messages are not published.
+    task_topic: Option<String>,
     proplet_topic: String,
     last_drop_log: Option<Instant>,
 }
@@ -207,6 +228,14 @@ pub fn start(
 ) -> anyhow::Result<(MqttSink, Flusher, mpsc::UnboundedReceiver<Incoming>)> {
     let endpoint = Endpoint::parse(&settings.url)?;
     let connection = Connection::new(connect_options(&settings, &endpoint)?)?;
+    if !settings.publish_task_metrics {
+        tracing::warn!(
+            "the proplet's own task monitoring is on (PROPLET_ENABLE_MONITORING is not false): \
+             task metrics stay on stdout, so that the Manager never stores two sources in one \
+             task's series; set PROPLET_ENABLE_MONITORING=false for the proplet and propmon \
+             (e.g. in /etc/default/proplet) to publish propmon's instead"
+        );
+    }
     let queue = Arc::new(Mutex::new(Queue::default()));
     let wake = Arc::new(Notify::new());
     let unacked = Arc::new(AtomicU64::new(0));
@@ -242,8 +271,8 @@ pub fn start(
         wake,
         dropped,
         capacity: settings.queue_size.max(1),
-        task_topic: settings.task_topic(),
-        proplet_topic: settings.topic("control/proplet/metrics"),
+        task_topic: settings.publish_task_metrics.then(|| settings.task_topic()),
+        proplet_topic: settings.topic(settings.agent_metrics_path),
         last_drop_log: None,
     };
     Ok((sink, Flusher { queue, unacked }, incoming_rx))
@@ -383,9 +412,10 @@ impl Sink for MqttSink {
     fn send(&mut self, message: &Outgoing) {
         let (topic, payload) = match message {
             Outgoing::Task { export: false, .. } => return,
-            Outgoing::Task { message, .. } => {
-                (self.task_topic.clone(), serde_json::to_vec(message))
-            }
+            Outgoing::Task { message, .. } => match &self.task_topic {
+                Some(topic) => (topic.clone(), serde_json::to_vec(message)),
+                None => return,
+            },
             Outgoing::Proplet(message) => (self.proplet_topic.clone(), serde_json::to_vec(message)),
         };
         self.push(topic, payload.expect("messages always serialise"));
@@ -716,7 +746,26 @@ mod tests {
             protocol: Protocol::V311,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             subscribe: vec![],
+            agent_metrics_path: PROPLET_METRICS_PATH,
+            publish_task_metrics: true,
         }
+    }
+
+    /// Issue 10, item 15: beside a proplet, propmon's own message never
+    /// goes to the proplet's series, and task metrics only when the
+    /// proplet's own monitoring is off.
+    #[test]
+    fn beside_a_proplet_no_series_gets_two_sources() {
+        let mut settings = test_settings();
+        settings.beside_proplet(true);
+        assert_eq!(
+            settings.topic(settings.agent_metrics_path),
+            "m/d/c/ch/control/propmon/metrics"
+        );
+        assert!(!settings.publish_task_metrics);
+        settings.beside_proplet(false);
+        assert!(settings.publish_task_metrics);
+        assert_eq!(settings.agent_metrics_path, PROPMON_METRICS_PATH);
     }
 
     #[test]
