@@ -189,16 +189,21 @@ impl Connection {
     }
 
     /// Drops what rumqttc would send again on its own (see the module doc),
-    /// and the events of the connection that failed.
+    /// and the events of the connection that failed. Also the publish that
+    /// waits for its packet id to be free (`collision`), which `clean`
+    /// keeps: it waits for the ack of a resend that no longer happens, and
+    /// would hold every later message back.
     fn forget_unsent(&mut self) {
         match &mut self.inner {
             Inner::V311 { events, .. } => {
                 events.pending.clear();
                 events.state.events.clear();
+                events.state.collision = None;
             }
             Inner::V5 { events, .. } => {
                 events.pending.clear();
                 events.state.events.clear();
+                events.state.collision = None;
             }
         }
     }
@@ -399,5 +404,61 @@ fn from_v5(event: v5::Event, generation: u64) -> Event {
             },
         }),
         _ => Event::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connection(protocol: Protocol) -> Connection {
+        Connection::new(ConnectOptions {
+            host: "localhost".into(),
+            port: 1883,
+            client_id: "propmon-test".into(),
+            credentials: None,
+            transport: rumqttc::Transport::tcp(),
+            protocol,
+            max_message_size: 1 << 20,
+            in_flight: 10,
+        })
+        .unwrap()
+    }
+
+    /// After a failure rumqttc holds nothing it would send on its own: the
+    /// publisher's queue is the only source of retransmission.
+    #[test]
+    fn a_failure_leaves_nothing_for_rumqttc_to_resend() {
+        let mut v311 = connection(Protocol::V311);
+        if let Inner::V311 { events, .. } = &mut v311.inner {
+            let publish = rumqttc::Publish::new("t", rumqttc::QoS::AtLeastOnce, vec![1]);
+            events
+                .pending
+                .push_back(rumqttc::Request::Publish(publish.clone()));
+            events.state.collision = Some(publish);
+            let outgoing = rumqttc::Event::Outgoing(rumqttc::Outgoing::Publish(1));
+            events.state.events.push_back(outgoing);
+        }
+        v311.forget_unsent();
+        let Inner::V311 { events, .. } = &v311.inner else {
+            unreachable!()
+        };
+        assert!(events.pending.is_empty() && events.state.events.is_empty());
+        assert!(events.state.collision.is_none());
+
+        let mut v5 = connection(Protocol::V5);
+        if let Inner::V5 { events, .. } = &mut v5.inner {
+            let qos = v5::mqttbytes::QoS::AtLeastOnce;
+            let publish = v5::mqttbytes::v5::Publish::new("t", qos, vec![1], None);
+            events
+                .pending
+                .push_back(v5::Request::Publish(publish.clone()));
+            events.state.collision = Some(publish);
+        }
+        v5.forget_unsent();
+        let Inner::V5 { events, .. } = &v5.inner else {
+            unreachable!()
+        };
+        assert!(events.pending.is_empty() && events.state.collision.is_none());
     }
 }
