@@ -4,8 +4,8 @@
 //! included. Over that window:
 //! - `avg_cpu_usage`, `max_cpu_usage`: mean and maximum of the samples'
 //!   `cpu_percent`;
-//! - `avg_memory_usage`, `max_memory_usage`: mean and maximum of
-//!   `memory_bytes`;
+//! - `avg_memory_usage`, `max_memory_usage`: mean (rounded to a whole byte)
+//!   and maximum of `memory_bytes`;
 //! - `total_disk_read`, `total_disk_write`, `total_network_rx`,
 //!   `total_network_tx`: bytes moved during the window, i.e. the sum of each
 //!   sample's growth since the sample before it;
@@ -76,7 +76,7 @@ impl History {
         Some(Aggregated {
             avg_cpu_usage: mean(&cpu),
             max_cpu_usage: cpu.iter().copied().reduce(f64::max),
-            avg_memory_usage: mean(&memory.iter().map(|&m| m as f64).collect::<Vec<_>>()),
+            avg_memory_usage: mean_bytes(&memory),
             max_memory_usage: memory.iter().copied().max(),
             total_disk_read: total(|s| s.disk_read),
             total_disk_write: total(|s| s.disk_write),
@@ -89,6 +89,16 @@ impl History {
     fn values<T>(&self, field: impl Fn(&Sample) -> Option<T>) -> Vec<T> {
         self.samples.iter().filter_map(field).collect()
     }
+}
+
+/// The mean of byte counts, rounded to the nearest byte: Propeller declares
+/// `avg_memory_usage` as `uint64`, and a strict decoder rejects a fraction.
+fn mean_bytes(values: &[u64]) -> Option<u64> {
+    let count = values.len() as u128;
+    (count > 0).then(|| {
+        let sum: u128 = values.iter().map(|&v| u128::from(v)).sum();
+        ((sum + count / 2) / count) as u64
+    })
 }
 
 fn mean(values: &[f64]) -> Option<f64> {
@@ -122,7 +132,7 @@ mod tests {
         let aggregated = history.aggregate().unwrap();
         assert_eq!(aggregated.avg_cpu_usage, Some(30.0));
         assert_eq!(aggregated.max_cpu_usage, Some(50.0));
-        assert_eq!(aggregated.avg_memory_usage, Some(200.0));
+        assert_eq!(aggregated.avg_memory_usage, Some(200));
         assert_eq!(aggregated.max_memory_usage, Some(300));
         assert_eq!(aggregated.total_disk_read, Some(6));
         assert_eq!(aggregated.total_disk_write, Some(12));
@@ -153,6 +163,23 @@ mod tests {
             history.push(sample(cpu, 1, 0));
         }
         assert_eq!(history.aggregate().unwrap().avg_cpu_usage, Some(1.33));
+    }
+
+    /// Issue 10, item 13: Propeller's `avg_memory_usage` is a `uint64`.
+    #[test]
+    fn mean_memory_is_a_whole_number_of_bytes() {
+        let mut history = History::new(3);
+        for memory in [13_907_057, 13_907_058, 13_907_058] {
+            history.push(sample(1.0, memory, 0));
+        }
+        let aggregated = history.aggregate().unwrap();
+        assert_eq!(aggregated.avg_memory_usage, Some(13_907_058));
+        let json = serde_json::to_string(&aggregated).unwrap();
+        assert!(json.contains(r#""avg_memory_usage":13907058,"#), "{json}");
+        let mut huge = History::new(2);
+        huge.push(sample(1.0, u64::MAX, 0));
+        huge.push(sample(1.0, u64::MAX - 1, 0));
+        assert_eq!(huge.aggregate().unwrap().avg_memory_usage, Some(u64::MAX));
     }
 
     #[test]

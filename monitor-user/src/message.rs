@@ -163,9 +163,10 @@ pub struct Aggregated {
     pub avg_cpu_usage: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_cpu_usage: Option<f64>,
-    /// Mean `memory_bytes` of the window.
+    /// Mean `memory_bytes` of the window, rounded to a whole byte (an
+    /// integer: Propeller's Go type is `uint64`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub avg_memory_usage: Option<f64>,
+    pub avg_memory_usage: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_memory_usage: Option<u64>,
     /// Bytes moved during the window.
@@ -333,6 +334,147 @@ mod tests {
         assert_eq!(json["details"]["network"]["tcp"]["tx_bytes"], 2);
         assert_eq!(json["details"]["network"]["unix"]["rx_bytes"], 0);
         assert!(json["details"].get("disk").is_none());
+    }
+
+    /// Propeller's Go types, field for field (`pkg/proplet/metrics.go`; see
+    /// `propeller-interop.md`). Decoding into them is as strict as Go's
+    /// `encoding/json` with those types: a fraction where an integer is
+    /// declared, or a value out of the declared range, is an error. Missing
+    /// fields take Go's zero values and unknown ones are ignored, as in Go.
+    mod propeller_go {
+        use serde::Deserialize;
+
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(default)]
+        pub struct TaskMetrics {
+            pub task_id: String,
+            pub proplet_id: String,
+            pub metrics: ProcessMetrics,
+            pub aggregated: Option<AggregatedMetrics>,
+            pub timestamp: String,
+        }
+
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(default)]
+        pub struct ProcessMetrics {
+            pub cpu_percent: f64,
+            pub memory_bytes: u64,
+            pub memory_percent: f32,
+            pub disk_read_bytes: u64,
+            pub disk_write_bytes: u64,
+            pub network_rx_bytes: u64,
+            pub network_tx_bytes: u64,
+            pub uptime_seconds: i64,
+            pub thread_count: i32,
+            pub file_descriptor_count: i32,
+        }
+
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(default)]
+        pub struct AggregatedMetrics {
+            pub avg_cpu_usage: f64,
+            pub max_cpu_usage: f64,
+            pub avg_memory_usage: u64,
+            pub max_memory_usage: u64,
+            pub total_disk_read: u64,
+            pub total_disk_write: u64,
+            pub total_network_rx: u64,
+            pub total_network_tx: u64,
+            /// Go `int`: 64 bits.
+            pub sample_count: i64,
+        }
+
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(default)]
+        pub struct PropletMetrics {
+            pub proplet_id: String,
+            pub namespace: String,
+            pub timestamp: String,
+            pub cpu_metrics: CpuMetrics,
+            pub memory_metrics: MemoryMetrics,
+        }
+
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(default)]
+        pub struct CpuMetrics {
+            pub user_seconds: f64,
+            pub system_seconds: f64,
+            pub percent: f64,
+        }
+
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(default)]
+        pub struct MemoryMetrics {
+            pub rss_bytes: u64,
+            pub heap_alloc_bytes: u64,
+            pub heap_sys_bytes: u64,
+            pub heap_inuse_bytes: u64,
+            pub container_usage_bytes: Option<u64>,
+            pub container_limit_bytes: Option<u64>,
+        }
+    }
+
+    /// A message with every figure and aggregates whose means are not whole.
+    fn full_message_with_aggregates() -> TaskMetricsMessage {
+        use crate::history::{History, Sample};
+        let mut history = History::new(10);
+        for (cpu, memory) in [(10.0, 13_907_057), (33.3, 13_907_058), (41.7, 13_907_058)] {
+            history.push(Sample {
+                cpu_percent: Some(cpu),
+                memory_bytes: Some(memory),
+                disk_read: Some(4096),
+                disk_write: Some(8192),
+                network_rx: Some(100),
+                network_tx: Some(200),
+            });
+        }
+        let mut message = sample_message();
+        message.metrics.disk_read_bytes = Some(12_288);
+        message.metrics.disk_write_bytes = Some(24_576);
+        message.metrics.network_rx_bytes = Some(300);
+        message.metrics.network_tx_bytes = Some(600);
+        message.metrics.memory_percent = Some(percent(13_907_058.0, 4e9));
+        message.aggregated = history.aggregate();
+        message
+    }
+
+    /// Issue 10, item 13: a strict decoder with Propeller's Go types takes
+    /// the per-task message (aggregates included) and the proplet-level one.
+    #[test]
+    fn messages_decode_strictly_into_propellers_go_types() {
+        let message = full_message_with_aggregates();
+        let json = serde_json::to_string(&message).unwrap();
+        let go: propeller_go::TaskMetrics = serde_json::from_str(&json)
+            .unwrap_or_else(|err| panic!("Propeller cannot decode {json}: {err}"));
+        let aggregated = go.aggregated.expect("aggregates");
+        assert_eq!(aggregated.avg_memory_usage, 13_907_058);
+        assert_eq!(aggregated.sample_count, 3);
+        assert_eq!(go.metrics.thread_count, 4);
+        assert_eq!(go.metrics.file_descriptor_count, 12);
+        assert_eq!(go.task_id, "t1");
+        assert_eq!(go.timestamp, message.timestamp);
+
+        let mut reporter = crate::proplet::PropletReporter::new("p1".into(), "default".into());
+        let proplet = serde_json::to_string(&reporter.sample(3, 0, Source::Ebpf)).unwrap();
+        let go: propeller_go::PropletMetrics = serde_json::from_str(&proplet)
+            .unwrap_or_else(|err| panic!("Propeller cannot decode {proplet}: {err}"));
+        assert_eq!(go.proplet_id, "p1");
+        assert!(go.memory_metrics.rss_bytes > 0);
+    }
+
+    /// The mirror types are strict: the float `avg_memory_usage` propmon
+    /// used to send is refused, as Go refuses it.
+    #[test]
+    fn the_mirror_types_refuse_fractions_where_go_declares_integers() {
+        let mut json = serde_json::to_value(full_message_with_aggregates()).unwrap();
+        json["aggregated"]["avg_memory_usage"] = serde_json::json!(13_907_057.78);
+        let err = serde_json::from_value::<propeller_go::TaskMetrics>(json.clone()).unwrap_err();
+        assert!(err.to_string().contains("floating point"), "{err}");
+        json["aggregated"]["avg_memory_usage"] = serde_json::json!(1);
+        json["metrics"]["thread_count"] = serde_json::json!(4.0);
+        assert!(serde_json::from_value::<propeller_go::TaskMetrics>(json.clone()).is_err());
+        json["metrics"]["thread_count"] = serde_json::json!(1u64 << 31);
+        assert!(serde_json::from_value::<propeller_go::TaskMetrics>(json).is_err());
     }
 
     #[test]

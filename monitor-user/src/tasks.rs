@@ -216,9 +216,8 @@ impl Task {
             network_rx_bytes: net.map(|n| n.inet_rx()),
             network_tx_bytes: net.map(|n| n.inet_tx()),
             uptime_seconds: uptime(self.started, observation.at).as_secs(),
-            thread_count: processes.threads.filter(|_| profile.collect_threads),
-            file_descriptor_count: processes
-                .file_descriptors
+            thread_count: counted(processes.threads, processes).filter(|_| profile.collect_threads),
+            file_descriptor_count: counted(processes.file_descriptors, processes)
                 .filter(|_| profile.collect_file_descriptors),
             process_count: processes.processes,
             processes_started: totals.processes_started,
@@ -270,6 +269,17 @@ fn network_details(net: &NetTotals) -> NetworkDetails {
         other: traffic(NetBucket::Other),
         unix: traffic(NetBucket::Unix),
     }
+}
+
+/// Threads and descriptors are counted wherever `/proc` lists them.
+const COUNTS_THREADS_AND_FDS: bool = cfg!(target_os = "linux");
+
+/// A point-in-time count summed over the task's live processes: 0 when none
+/// is alive (a final message), so that every message of a task has the same
+/// fields; `None` only where the OS cannot count it at all.
+fn counted(sum: Option<u64>, processes: &ProcessSample) -> Option<u64> {
+    let nothing_alive = processes.processes == 0 && COUNTS_THREADS_AND_FDS;
+    sum.or(nothing_alive.then_some(0))
 }
 
 fn uptime(started: Instant, now: Instant) -> Duration {
@@ -485,6 +495,35 @@ mod tests {
         assert!(json["metrics"].get("network_tx_bytes").is_none(), "{json}");
         assert!(json["metrics"].get("processes_started").is_none(), "{json}");
         assert_eq!(json["source"], "sysinfo");
+    }
+
+    /// Issue 10, item 14: the final message has the shape of the others,
+    /// with 0 for the counts of a task whose processes are gone.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_final_message_keeps_every_collected_field() {
+        let t0 = Instant::now();
+        let mut task = task(Preset::Intensive, t0);
+        let running = task.next_message(&observation(t0, totals(0, 1)), Source::Ebpf, None);
+        let mut gone = observation(t0 + Duration::from_secs(1), totals(0, 2));
+        gone.totals.live_processes = 0;
+        gone.processes = ProcessSample::default();
+        let last = task.next_message(&gone, Source::Ebpf, Some(EndReason::Exited));
+        let fields = |message: &TaskMetricsMessage| {
+            let json = serde_json::to_value(&message.metrics).unwrap();
+            json.as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(fields(&last), fields(&running));
+        assert_eq!(last.metrics.thread_count, Some(0));
+        assert_eq!(last.metrics.file_descriptor_count, Some(0));
+        assert_eq!(last.metrics.memory_bytes, Some(0));
+        let mut task = self::task(Preset::Minimal, t0);
+        let last = task.next_message(&gone, Source::Ebpf, Some(EndReason::Exited));
+        assert_eq!(last.metrics.thread_count, None, "not collected");
     }
 
     #[test]

@@ -158,15 +158,23 @@ impl AgentSettings {
         check_proplet_id(&proplet_id)?;
         let propeller = args.propeller.or(file.propeller).unwrap_or(false);
         let mut mqtt_args = args.mqtt;
-        file.fill_mqtt(&mut mqtt_args);
+        file.fill_mqtt(&mut mqtt_args)?;
         let subscribe: &[&str] = if propeller {
             &[propeller::START_PATH, propeller::STOP_PATH]
         } else {
             &[]
         };
-        let mqtt = mqtt_args.settings(&proplet_id, subscribe)?;
+        let mut mqtt = mqtt_args.settings(&proplet_id, subscribe)?;
         if propeller && mqtt.is_none() {
             bail!("--propeller needs a broker: set --mqtt-url (PROPLET_MQTT_ADDRESS)");
+        }
+        let enable_monitoring = args
+            .enable_monitoring
+            .or(file.enable_monitoring)
+            .unwrap_or(true);
+        if let Some(mqtt) = mqtt.as_mut().filter(|_| propeller) {
+            // Beside a real proplet, the variable is the proplet's own.
+            mqtt.beside_proplet(enable_monitoring);
         }
         let proplet_process = match (
             args.proplet_pid.or(file.proplet_pid),
@@ -198,10 +206,8 @@ impl AgentSettings {
                 .or(file.namespace)
                 .unwrap_or_else(|| "default".to_owned()),
             metrics_interval,
-            enable_monitoring: args
-                .enable_monitoring
-                .or(file.enable_monitoring)
-                .unwrap_or(true),
+            // Beside a proplet, propmon's own message has a topic of its own.
+            enable_monitoring: enable_monitoring || propeller,
             mqtt,
             propeller,
             proplet_process,
@@ -399,7 +405,9 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
                 }
             }
             Some(message) = recv(&mut control) => {
-                on_control(&mut engine, &settings, &mut in_process_checks, message);
+                on_control(&mut engine, &settings, &mut in_process_checks, &message);
+                // Only now: the broker delivers again what was never acted on.
+                message.acknowledge();
             }
             stop = signals.recv() => {
                 if state.is_some() {
@@ -431,7 +439,7 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn recv(control: &mut Option<mpsc::Receiver<Incoming>>) -> Option<Incoming> {
+async fn recv(control: &mut Option<mpsc::UnboundedReceiver<Incoming>>) -> Option<Incoming> {
     match control {
         Some(receiver) => receiver.recv().await,
         None => std::future::pending().await,
@@ -444,7 +452,7 @@ fn on_control(
     engine: &mut Engine,
     settings: &AgentSettings,
     in_process_checks: &mut Vec<(Instant, String)>,
-    message: Incoming,
+    message: &Incoming,
 ) {
     match propeller::parse(&message.topic, &message.payload, &settings.proplet_id) {
         Ok(Control::Start(start)) => on_start(engine, settings, in_process_checks, start),

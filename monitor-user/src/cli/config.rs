@@ -44,6 +44,9 @@ pub struct ConfigFile {
     pub channel_id: Option<String>,
     pub topic_style: Option<crate::export::mqtt::TopicStyle>,
     pub mqtt_queue_size: Option<usize>,
+    pub mqtt_protocol: Option<crate::export::mqtt::Protocol>,
+    /// Bytes (a number), or a string such as "32MiB".
+    pub mqtt_max_message_size: Option<toml::Value>,
     pub propeller: Option<bool>,
     pub proplet_pid: Option<u32>,
     pub proplet_exe: Option<String>,
@@ -57,7 +60,7 @@ pub struct ConfigFile {
 
 impl ConfigFile {
     /// Fills the MQTT settings the flags and environment left unset.
-    pub fn fill_mqtt(&self, mqtt: &mut super::MqttArgs) {
+    pub fn fill_mqtt(&self, mqtt: &mut super::MqttArgs) -> anyhow::Result<()> {
         fn fill<T: Clone>(slot: &mut Option<T>, value: &Option<T>) {
             if slot.is_none() {
                 slot.clone_from(value);
@@ -72,6 +75,19 @@ impl ConfigFile {
         fill(&mut mqtt.channel_id, &self.channel_id);
         fill(&mut mqtt.topic_style, &self.topic_style);
         fill(&mut mqtt.mqtt_queue_size, &self.mqtt_queue_size);
+        fill(&mut mqtt.mqtt_protocol, &self.mqtt_protocol);
+        if mqtt.mqtt_max_message_size.is_none()
+            && let Some(value) = &self.mqtt_max_message_size
+        {
+            let text = match value {
+                toml::Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            let size = crate::export::mqtt::parse_message_size(&text)
+                .map_err(|err| anyhow::anyhow!("configuration key mqtt_max_message_size: {err}"))?;
+            mqtt.mqtt_max_message_size = Some(size);
+        }
+        Ok(())
     }
 }
 
@@ -137,6 +153,29 @@ mod tests {
         assert_eq!(config.metrics_interval_text().as_deref(), Some("30"));
         assert_eq!(config.enable_monitoring, Some(false));
         assert_eq!(config.attach.len(), 2);
+    }
+
+    #[test]
+    fn mqtt_keys_fill_what_flags_left_unset() {
+        let config = ConfigFile::parse(
+            r#"
+            mqtt_protocol = "3.1.1"
+            mqtt_max_message_size = "2MiB"
+            "#,
+        )
+        .unwrap();
+        let mut mqtt = super::super::MqttArgs::default();
+        config.fill_mqtt(&mut mqtt).unwrap();
+        assert_eq!(
+            mqtt.mqtt_protocol,
+            Some(crate::export::mqtt::Protocol::V311)
+        );
+        assert_eq!(mqtt.mqtt_max_message_size, Some(2 << 20));
+        let bad = ConfigFile::parse("mqtt_max_message_size = 12").unwrap();
+        let err = bad
+            .fill_mqtt(&mut super::super::MqttArgs::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("out of range"), "{err}");
     }
 
     #[test]

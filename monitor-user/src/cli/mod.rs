@@ -160,6 +160,18 @@ pub struct MqttArgs {
     /// are dropped and counted [default: 60000, 10 min of 100 tasks at 1 s].
     #[arg(long, value_name = "N", env = "PROPMON_MQTT_QUEUE_SIZE")]
     pub mqtt_queue_size: Option<usize>,
+    /// MQTT version: 5, or 3.1.1 for a broker that refuses 5 [default: 5].
+    #[arg(
+        long,
+        value_enum,
+        value_name = "VERSION",
+        env = "PROPMON_MQTT_PROTOCOL"
+    )]
+    pub mqtt_protocol: Option<crate::export::mqtt::Protocol>,
+    /// Largest control message taken from the broker (a start message
+    /// carries the task's module): bytes, KiB or MiB [default: 32MiB].
+    #[arg(long, value_name = "SIZE", env = "PROPMON_MQTT_MAX_MESSAGE_SIZE", value_parser = crate::export::mqtt::parse_message_size)]
+    pub mqtt_max_message_size: Option<usize>,
 }
 
 impl MqttArgs {
@@ -169,7 +181,10 @@ impl MqttArgs {
         proplet_id: &str,
         subscribe: &[&str],
     ) -> anyhow::Result<Option<crate::export::mqtt::MqttSettings>> {
-        use crate::export::mqtt::{DEFAULT_QUEUE_SIZE, MqttSettings, TopicStyle};
+        use crate::export::mqtt::{
+            DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_QUEUE_SIZE, MqttSettings, PROPLET_METRICS_PATH,
+            Protocol, TopicStyle,
+        };
         let Some(url) = self.mqtt_url.clone().filter(|url| !url.trim().is_empty()) else {
             return Ok(None);
         };
@@ -199,7 +214,13 @@ impl MqttArgs {
             channel_id: channel_id.clone(),
             topic_style: self.topic_style.unwrap_or(TopicStyle::Propeller),
             queue_size,
+            protocol: self.mqtt_protocol.unwrap_or(Protocol::V5),
+            max_message_size: self
+                .mqtt_max_message_size
+                .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE),
             subscribe: Vec::new(),
+            agent_metrics_path: PROPLET_METRICS_PATH,
+            publish_task_metrics: true,
         };
         settings.subscribe = subscribe.iter().map(|path| settings.topic(path)).collect();
         Ok(Some(settings))
@@ -268,7 +289,9 @@ pub struct AgentArgs {
     /// 30s [default: 10].
     #[arg(long, value_name = "INTERVAL", env = "PROPLET_METRICS_INTERVAL", value_parser = parse_metrics_interval)]
     pub metrics_interval: Option<Duration>,
-    /// Send proplet-level messages [default: true].
+    /// Send proplet-level messages [default: true]. With --propeller: the
+    /// real proplet's own monitoring (Propeller's variable); propmon then
+    /// publishes task metrics only when it is false.
     #[arg(long, value_name = "BOOL", env = "PROPLET_ENABLE_MONITORING", value_parser = BoolishValueParser::new())]
     pub enable_monitoring: Option<bool>,
     #[command(flatten)]

@@ -13,12 +13,13 @@ mod disk;
 mod lifecycle;
 mod mqtt;
 mod net;
+mod tcp_proxy;
 
 use std::{
     io::{BufRead as _, BufReader},
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{Mutex, MutexGuard, mpsc},
+    sync::{Arc, Mutex, MutexGuard, mpsc},
     thread,
     time::{Duration, Instant},
 };
@@ -70,27 +71,39 @@ pub struct Finished {
 
 impl Finished {
     /// The final message, after checking the stream's invariants: `seq`
-    /// counts 1, 2, 3... and exactly the last message is final.
+    /// counts 1, 2, 3..., exactly the last message is final, and every
+    /// message has the same fields (issue 10, item 14: the final message
+    /// too, with 0 for the counts of processes that are gone).
     pub fn final_message(&self) -> &TaskMetricsMessage {
         assert!(
             !self.messages.is_empty(),
             "no messages; stderr:\n{}",
             self.stderr
         );
+        let shape = metric_fields(&self.messages[0]);
         for (index, message) in self.messages.iter().enumerate() {
             assert_eq!(message.seq, index as u64 + 1, "seq of message {index}");
             let is_last = index + 1 == self.messages.len();
             assert_eq!(message.is_final, is_last, "final flag of message {index}");
+            assert_eq!(metric_fields(message), shape, "fields of message {index}");
         }
         self.messages.last().unwrap()
     }
+}
+
+/// The names of the figures in a message's `metrics`.
+fn metric_fields(message: &TaskMetricsMessage) -> Vec<String> {
+    let metrics = serde_json::to_value(&message.metrics).unwrap();
+    metrics.as_object().unwrap().keys().cloned().collect()
 }
 
 /// A running propmon whose messages are read as they arrive.
 pub struct Live {
     child: Child,
     lines: mpsc::Receiver<String>,
-    stderr: Option<thread::JoinHandle<String>>,
+    stderr: Option<thread::JoinHandle<()>>,
+    /// stderr so far, line by line.
+    log: Arc<Mutex<Vec<String>>>,
     pub messages: Vec<TaskMetricsMessage>,
     stdout_lines: Vec<String>,
 }
@@ -109,12 +122,18 @@ impl Live {
                 }
             }
         });
-        let stderr =
-            Some(thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default()));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let stderr = Some(thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        }));
         Live {
             child,
             lines,
             stderr,
+            log,
             messages: Vec::new(),
             stdout_lines: Vec::new(),
         }
@@ -122,6 +141,27 @@ impl Live {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// stderr lines so far that contain `fragment`.
+    pub fn log_lines(&self, fragment: &str) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .filter(|l| l.contains(fragment))
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until stderr has had `count` lines containing `fragment`.
+    pub fn wait_for_log(&self, fragment: &str, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.log_lines(fragment).len() < count {
+            if Instant::now() > deadline {
+                let log = self.log.lock().unwrap().join("\n");
+                panic!("no {count} log lines with {fragment:?} within {timeout:?}; stderr:\n{log}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Reads messages until one satisfies `wanted`, and returns it.
@@ -168,10 +208,14 @@ impl Live {
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
             self.take_line(line);
         }
+        if let Some(reader) = self.stderr.take() {
+            reader.join().unwrap();
+        }
+        let stderr = self.log.lock().unwrap().join("\n");
         Finished {
             messages: std::mem::take(&mut self.messages),
             stdout_lines: std::mem::take(&mut self.stdout_lines),
-            stderr: self.stderr.take().map(|t| t.join().unwrap()).unwrap_or_default(),
+            stderr,
             status,
         }
     }

@@ -19,7 +19,9 @@ use nix::{
 use propmon::message::TaskMetricsMessage;
 use serde::Deserialize;
 
-use crate::{Finished, Live, Sleepers, kernel_test, propmon, propmon_bin, scratch};
+use crate::{
+    Finished, Live, Sleepers, kernel_test, propmon, propmon_bin, scratch, tcp_proxy::TcpProxy,
+};
 
 const DOMAIN: &str = "dom";
 const CHANNEL: &str = "chan";
@@ -61,7 +63,8 @@ impl Broker {
         let dir = scratch(&format!("mosquitto-{port}"));
         std::fs::create_dir_all(&dir).unwrap();
         let mut config = format!(
-            "listener {port} 127.0.0.1\npersistence true\npersistence_location {}/\n",
+            "listener {port} 127.0.0.1\npersistence true\npersistence_location {}/\n\
+             log_dest stderr\n",
             dir.display()
         );
         if tls {
@@ -117,12 +120,22 @@ impl Broker {
         }
     }
 
+    /// What the broker logged so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
+    }
+
     fn resume(&mut self) {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("mosquitto.log"))
+            .unwrap();
         let process = Command::new("mosquitto")
             .arg("-c")
             .arg(self.dir.join("mosquitto.conf"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("mosquitto (installed by cargo xtask setup)");
         self.process = Some(process);
@@ -343,7 +356,7 @@ fn propeller_agent(broker: &Broker) -> Live {
         &broker.url(),
         &["--propeller", "--enable-monitoring", "false"],
     ));
-    thread::sleep(Duration::from_millis(700));
+    live.wait_for_log("subscribed to", 1, Duration::from_secs(20));
     live
 }
 
@@ -717,7 +730,7 @@ fn in_process_tasks_are_attributed_to_the_proplet() {
             "300ms",
         ],
     ));
-    thread::sleep(Duration::from_millis(700));
+    live.wait_for_log("subscribed to", 1, Duration::from_secs(20));
     broker.publish(
         "control/manager/start",
         &format!(r#"{{"id":"inproc","proplet_id":"{PROPLET}","monitoring_profile":"intensive"}}"#),
@@ -893,4 +906,308 @@ fn discovered_runtime(live: &mut Live, task_id: &str) -> Child {
         let _ = runtime.wait();
     }
     panic!("the agent never found {module}");
+}
+
+/// Runs a stand-in for the host runtime of `task` (its module in argv).
+fn run_task_process(task: &str) {
+    let status = Command::new("sh")
+        .args(["-c", "sleep 0.3", &format!("/tmp/proplet_{task}.wasm")])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn start_message(task: &str) -> String {
+    format!(r#"{{"id":"{task}","proplet_id":"{PROPLET}"}}"#)
+}
+
+/// Issue 10, item 9: the session is persistent. A start published while
+/// the agent is stopped (SIGTERM) reaches it when it starts again with the
+/// same client id, and is acted on; in MQTT 5 and in 3.1.1.
+#[test]
+fn a_start_sent_while_the_agent_is_stopped_is_acted_on_after_restart() {
+    let Some(_serial) = kernel_test() else { return };
+    for protocol in ["5", "3.1.1"] {
+        let broker = Broker::start(None);
+        let subscriber = Subscriber::start(&broker, None);
+        let extra = [
+            "--propeller",
+            "--enable-monitoring",
+            "false",
+            "--mqtt-protocol",
+            protocol,
+        ];
+        let first = Live::start(agent(&broker.url(), &extra));
+        first.wait_for_log("subscribed to", 1, Duration::from_secs(20));
+        stop(first);
+        let task = format!("away-{}", protocol.replace('.', ""));
+        broker.publish("control/manager/start", &start_message(&task));
+        let second = Live::start(agent(&broker.url(), &extra));
+        let acted_on = format!("task {task}: waiting for its process");
+        second.wait_for_log(&acted_on, 1, Duration::from_secs(20));
+        run_task_process(&task);
+        subscriber.wait_for(Duration::from_secs(15), |messages| {
+            messages.iter().any(|m| m.task_id == task && m.is_final)
+        });
+        stop(second);
+    }
+}
+
+/// Issue 10, item 9: a start published while the agent's connection is
+/// down (the broker being up) reaches it once it reconnects.
+#[test]
+fn a_start_sent_while_the_connection_is_down_is_acted_on_after_it_returns() {
+    let Some(_serial) = kernel_test() else { return };
+    let broker = Broker::start(None);
+    let subscriber = Subscriber::start(&broker, None);
+    let proxy = TcpProxy::start(broker.port);
+    let live = Live::start(agent(
+        &proxy.url(),
+        &["--propeller", "--enable-monitoring", "false"],
+    ));
+    live.wait_for_log("subscribed to", 1, Duration::from_secs(20));
+    proxy.cut();
+    live.wait_for_log("retrying", 1, Duration::from_secs(20));
+    broker.publish("control/manager/start", &start_message("while-down"));
+    proxy.restore();
+    live.wait_for_log("reachable again", 1, Duration::from_secs(20));
+    live.wait_for_log(
+        "task while-down: waiting for its process",
+        1,
+        Duration::from_secs(20),
+    );
+    run_task_process("while-down");
+    subscriber.wait_for(Duration::from_secs(15), |messages| {
+        messages
+            .iter()
+            .any(|m| m.task_id == "while-down" && m.is_final)
+    });
+    stop(live);
+}
+
+/// Issue 10, item 9: after an outage the broker resumes the session, and
+/// rumqttc would send again on its own what was in flight, on top of the
+/// queue's replay. Messages sent while the broker's acknowledgements were
+/// lost reach the subscriber twice at most (sent, replayed), in order,
+/// without a gap.
+#[test]
+fn a_resumed_session_replays_each_unacknowledged_message_once() {
+    let Some(_serial) = kernel_test() else { return };
+    let broker = Broker::start(None);
+    let subscriber = Subscriber::start(&broker, None);
+    let proxy = TcpProxy::start(broker.port);
+    let sleepers = Sleepers::start(2, 60);
+    let mut command = agent(
+        &proxy.url(),
+        &["--profile", "intensive", "--enable-monitoring", "false"],
+    );
+    command.args(sleepers.attach_args("held"));
+    let live = Live::start(command);
+    let count = || subscriber.count_on("control/proplet/task_metrics");
+    let wait_for_count = |at_least: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while count() < at_least {
+            assert!(Instant::now() < deadline, "only {} messages", count());
+            thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for_count(4);
+    proxy.hold(); // messages still arrive, their PUBACKs are lost
+    let held_from = count();
+    wait_for_count(held_from + 4);
+    proxy.cut();
+    live.wait_for_log("retrying", 1, Duration::from_secs(20));
+    proxy.restore();
+    live.wait_for_log("reachable again", 1, Duration::from_secs(20));
+    wait_for_count(count() + 4);
+    stop(live);
+    drop(sleepers);
+    subscriber.wait_for(Duration::from_secs(15), |messages| {
+        (0..2).all(|i| {
+            let task = format!("held-{i}");
+            messages.iter().any(|m| m.task_id == task && m.is_final)
+        })
+    });
+
+    let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for message in subscriber.task_messages("control/proplet/task_metrics") {
+        seen.entry(message.task_id).or_default().push(message.seq);
+    }
+    let mut replayed = 0;
+    for (task, seqs) in &seen {
+        let mut firsts = Vec::new();
+        let mut times: BTreeMap<u64, usize> = BTreeMap::new();
+        for &seq in seqs {
+            *times.entry(seq).or_default() += 1;
+            if times[&seq] == 1 {
+                firsts.push(seq);
+            }
+        }
+        let last = *times.keys().last().unwrap();
+        assert!(firsts.iter().copied().eq(1..=last), "{task}: {seqs:?}");
+        assert!(
+            times.values().all(|&n| n <= 2),
+            "{task}: sent 3 times: {seqs:?}"
+        );
+        replayed += times.values().filter(|&&n| n == 2).count();
+    }
+    assert!(replayed >= 2, "nothing was replayed: {seen:?}");
+}
+
+/// Issue 10, item 9: a control message above --mqtt-max-message-size does
+/// not break the connection. Over MQTT 5 the broker drops it (and logs it,
+/// once); over 3.1.1 the agent reads it and drops it with one line. It is
+/// not delivered again, and a start sent after it is acted on.
+#[test]
+fn an_oversize_control_message_is_dropped_once_and_the_connection_stays_up() {
+    let Some(_serial) = kernel_test() else { return };
+    let huge = format!(
+        r#"{{"id":"huge","proplet_id":"{PROPLET}","file":"{}"}}"#,
+        "A".repeat(3 << 20)
+    );
+    for protocol in ["5", "3.1.1"] {
+        let broker = Broker::start(None);
+        let live = Live::start(agent(
+            &broker.url(),
+            &[
+                "--propeller",
+                "--enable-monitoring",
+                "false",
+                "--mqtt-protocol",
+                protocol,
+                "--mqtt-max-message-size",
+                "1MiB",
+            ],
+        ));
+        live.wait_for_log("subscribed to", 1, Duration::from_secs(20));
+        broker.publish("control/manager/start", &huge);
+        broker.publish("control/manager/start", &start_message("after-huge"));
+        live.wait_for_log(
+            "task after-huge: waiting for its process",
+            1,
+            Duration::from_secs(20),
+        );
+        thread::sleep(Duration::from_secs(2)); // room for a redelivery, if any
+        let run = stop(live);
+        for symptom in ["retrying", "reachable again", "closed the connection"] {
+            assert!(!run.stderr.contains(symptom), "{protocol}: {}", run.stderr);
+        }
+        assert!(!run.stderr.contains("task huge"), "{}", run.stderr);
+        let agent_drops = run
+            .stderr
+            .lines()
+            .filter(|line| line.contains("control message on") && line.contains("dropped"))
+            .count();
+        let broker_log = broker.log();
+        let broker_drops = broker_log
+            .lines()
+            .filter(|line| line.contains("Dropping too large outgoing PUBLISH"))
+            .count();
+        let expected = if protocol == "5" { (0, 1) } else { (1, 0) };
+        assert_eq!(
+            (agent_drops, broker_drops),
+            expected,
+            "{protocol}: agent:\n{}\nbroker:\n{broker_log}",
+            run.stderr
+        );
+    }
+}
+
+/// Issue 10, item 11: an HTTP server given as the broker gives one line
+/// saying that it does not speak MQTT (not rumqttc's "Promised boundary
+/// crossed"), then quiet retries.
+#[test]
+fn a_server_that_does_not_speak_mqtt_is_named_once() {
+    let Some(_serial) = kernel_test() else { return };
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let attempts = Arc::new(Mutex::new(0usize));
+    let counted = attempts.clone();
+    thread::spawn(move || {
+        use std::io::{Read as _, Write as _};
+        for mut stream in listener.incoming().map_while(Result::ok) {
+            *counted.lock().unwrap() += 1;
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\n\
+                  Content-Length: 46\r\nConnection: close\r\n\r\n\
+                  <!DOCTYPE html><html><body>Bad</body></html>\r\n",
+            );
+        }
+    });
+    let live = Live::start(agent(
+        &format!("mqtt://127.0.0.1:{port}"),
+        &["--backend", "sysinfo", "--enable-monitoring", "false"],
+    ));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while *attempts.lock().unwrap() < 3 {
+        assert!(Instant::now() < deadline, "the agent does not retry");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let run = stop(live);
+    let lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|line| line.contains("127.0.0.1"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line, then quiet retries: {lines:#?}");
+    assert!(
+        lines[0].contains(&format!(
+            "the server at 127.0.0.1:{port} does not speak MQTT (is this the right port?"
+        )),
+        "{}",
+        lines[0]
+    );
+}
+
+/// Issue 10, item 15: beside a real proplet (Propeller mode), propmon never
+/// writes in a Manager series the proplet owns. By default (the proplet's
+/// own monitoring on) its task metrics stay on stdout and its own message
+/// goes to control/propmon/metrics; with PROPLET_ENABLE_MONITORING=false
+/// (the proplet's monitoring off) it publishes the task metrics, still
+/// never on control/proplet/metrics.
+#[test]
+fn propeller_mode_never_writes_in_the_proplets_series() {
+    let Some(_serial) = kernel_test() else { return };
+    for (proplet_monitoring, task) in [(None, "beside-default"), (Some("false"), "beside-off")] {
+        let broker = Broker::start(None);
+        let subscriber = Subscriber::start(&broker, None);
+        let mut command = agent(&broker.url(), &["--propeller", "--metrics-interval", "1s"]);
+        if let Some(value) = proplet_monitoring {
+            command.env("PROPLET_ENABLE_MONITORING", value);
+        }
+        let live = Live::start(command);
+        live.wait_for_log("subscribed to", 1, Duration::from_secs(20));
+        broker.publish("control/manager/start", &start_message(task));
+        live.wait_for_log(
+            &format!("task {task}: waiting for its process"),
+            1,
+            Duration::from_secs(20),
+        );
+        run_task_process(task);
+        live.wait_for_log(&format!("task {task} ended"), 1, Duration::from_secs(20));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while subscriber.count_on("control/propmon/metrics") < 2 {
+            assert!(Instant::now() < deadline, "no message of propmon's own");
+            thread::sleep(Duration::from_millis(50));
+        }
+        if proplet_monitoring.is_some() {
+            subscriber.wait_for(Duration::from_secs(10), |messages| {
+                messages.iter().any(|m| m.task_id == task && m.is_final)
+            });
+        }
+        let run = stop(live);
+        assert_eq!(subscriber.count_on("control/proplet/metrics"), 0);
+        let published = subscriber.count_on("control/proplet/task_metrics");
+        let on_stdout = run.messages.iter().filter(|m| m.task_id == task).count();
+        assert!(on_stdout >= 1, "{}", run.stderr);
+        let warned = run
+            .stderr
+            .contains("PROPLET_ENABLE_MONITORING is not false");
+        match proplet_monitoring {
+            None => assert!(published == 0 && warned, "{published}: {}", run.stderr),
+            Some(_) => assert!(published == on_stdout && !warned, "{}", run.stderr),
+        }
+    }
 }
