@@ -40,7 +40,7 @@ pub const PROPLET_PROCESS_ATTRIBUTION: &str = "proplet-process";
 /// kept for its task (its figures count from its exec meanwhile).
 pub const PROVISIONAL_HOLD: Duration = Duration::from_secs(10);
 /// Provisional slots kept ready in the kernel (module execs that may come
-/// before their start message, at once).
+/// before their start message, at once), at most an eighth of the slots.
 const PROVISIONAL_POOL: usize = 8;
 /// How often an ending task is looked at until its threads are released.
 const ENDING_POLL: Duration = Duration::from_millis(20);
@@ -520,7 +520,8 @@ impl Engine {
 
     /// Keeps the kernel's pool of provisional slots full.
     fn refill_provisional_pool(&mut self) {
-        while self.keep_provisional && self.pooled < PROVISIONAL_POOL {
+        let pool = PROVISIONAL_POOL.min(self.slots.capacity() as usize / 8);
+        while self.keep_provisional && self.pooled < pool {
             let Ok(slot) = self.slots.allocate() else {
                 return;
             };

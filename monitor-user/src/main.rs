@@ -26,6 +26,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run(args) => propmon::cli::run::run(args),
         Command::Agent(args) => propmon::cli::agent::run(args),
         Command::Profiles(args) => propmon::cli::profiles::run(args),
+        #[cfg(unix)]
+        Command::ForgetState(args) => propmon::cli::forget_state::run(args),
+        #[cfg(not(unix))]
+        Command::ForgetState(_) => anyhow::bail!("--state-dir needs Linux"),
         #[cfg(target_os = "linux")]
         Command::Workload(args) => propmon::cli::workload::run(args),
         #[cfg(not(target_os = "linux"))]

@@ -151,6 +151,9 @@ impl Task {
     /// Its process appeared at `at`: the task's clock starts then.
     pub fn discovered(&mut self, at: Instant, next_due: Instant) {
         self.awaiting_discovery = false;
+        // Its process may be gone already (it exec'd before the task was
+        // announced): look at it in the next round.
+        self.ending = true;
         self.started = at;
         self.previous = (at, TaskTotals::default());
         self.next_due = next_due;
@@ -325,6 +328,10 @@ impl SlotAllocator {
     pub fn free(&mut self, slot: u32) {
         debug_assert!(slot < self.next_unused && !self.freed.contains(&slot));
         self.freed.push_back(slot);
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.capacity
     }
 
     /// Marks `slot` as taken (a task resumed from a previous agent).

@@ -98,6 +98,8 @@ pub struct AgentSettings {
     pub discovery_grace: Duration,
     /// Keep tasks and their counters across agent restarts, here.
     pub state_dir: Option<std::path::PathBuf>,
+    /// Tasks monitored at once.
+    pub max_tasks: u32,
     /// A started task whose process has not appeared after this long ends.
     pub discovery_timeout: Duration,
 }
@@ -126,7 +128,12 @@ impl AgentSettings {
             let spec = parse_attach(entry).map_err(anyhow::Error::msg);
             attach.push(spec.with_context(|| in_file("attach"))?);
         }
-        let slots = monitor_common::MAX_TASKS as usize;
+        let max_tasks = args
+            .max_tasks
+            .or(file.max_tasks)
+            .unwrap_or(monitor_common::MAX_TASKS)
+            .clamp(1, monitor_common::MAX_TASKS);
+        let slots = max_tasks as usize;
         if attach.len() > slots {
             bail!(
                 "{} tasks to attach: the agent monitors at most {slots}",
@@ -214,6 +221,7 @@ impl AgentSettings {
             discovery_grace,
             discovery_timeout,
             state_dir: args.state_dir.or(file.state_dir),
+            max_tasks,
         })
     }
 
@@ -337,7 +345,7 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
         control = Some(incoming);
         flusher = Some(flush);
     }
-    let mut engine = Engine::new(backend, Box::new(Fanout(sinks)), monitor_common::MAX_TASKS);
+    let mut engine = Engine::new(backend, Box::new(Fanout(sinks)), settings.max_tasks);
     tracing::info!("propmon agent started ({:?} backend)", engine.source());
     // Started tasks that may turn out to run inside the proplet process.
     let mut in_process_checks: Vec<(Instant, String)> = Vec::new();
@@ -674,6 +682,7 @@ mod tests {
             discovery_grace: Duration::from_secs(1),
             discovery_timeout: DEFAULT_DISCOVERY_TIMEOUT,
             state_dir: None,
+            max_tasks: monitor_common::MAX_TASKS,
         };
         assert_eq!(
             settings.profile_for(None, true),

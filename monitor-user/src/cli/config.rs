@@ -56,6 +56,8 @@ pub struct ConfigFile {
     pub discovery_timeout: Option<String>,
     /// Where to keep tasks across restarts.
     pub state_dir: Option<std::path::PathBuf>,
+    /// Tasks monitored at once.
+    pub max_tasks: Option<u32>,
 }
 
 impl ConfigFile {

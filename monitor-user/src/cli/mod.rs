@@ -4,6 +4,8 @@
 
 pub mod agent;
 pub mod config;
+#[cfg(unix)]
+pub mod forget_state;
 pub mod profiles;
 pub mod run;
 pub mod signals;
@@ -82,6 +84,10 @@ pub enum Command {
     Agent(AgentArgs),
     /// List the monitoring profiles.
     Profiles(ProfilesArgs),
+    /// Forget what an agent kept with --state-dir: its task registry and
+    /// its kernel state (the programs it left counting are detached). The
+    /// tasks are not resumed by the next agent.
+    ForgetState(ForgetStateArgs),
     /// Built-in workloads with known ground truth, for the demo and the tests.
     Workload(WorkloadArgs),
 }
@@ -317,6 +323,9 @@ pub struct AgentArgs {
     /// a final message saying so ("end_reason":"not-found") [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
     pub discovery_timeout: Option<Duration>,
+    /// Tasks monitored at once, at most 4096 (the kernel's slots) [default: 4096].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_tasks: Option<u32>,
     /// Keep tasks and their counters across agent restarts: the task
     /// registry goes here (root-only), the kernel state is pinned in bpffs,
     /// and SIGTERM/SIGINT suspend the agent instead of ending every task.
@@ -381,6 +390,13 @@ pub enum BenchLoad {
 }
 
 #[derive(Debug, Args)]
+pub struct ForgetStateArgs {
+    /// The agent's state directory.
+    #[arg(long, value_name = "DIR", env = "PROPMON_STATE_DIR")]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
 pub struct ProfilesArgs {
     /// Print the profiles as JSON instead of a table.
     #[arg(long)]
@@ -411,6 +427,23 @@ pub enum WorkloadKind {
         #[arg(long, default_value_t = 3)]
         storm_burn_ms: u64,
         /// Where to write the ground truth as JSON.
+        #[arg(long)]
+        report: Option<std::path::PathBuf>,
+    },
+    /// THREADS threads that each burn BEFORE_MS of their own CPU, wait
+    /// (with --wait, for a line on stdin), then burn AFTER_MS more; reports
+    /// the process's CPU time at the wait and at the end.
+    Threads {
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        #[arg(long, default_value_t = 0)]
+        before_ms: u64,
+        #[arg(long, default_value_t = 1000)]
+        after_ms: u64,
+        /// Wait for a line on stdin between the two phases (after saying
+        /// "waiting" on stdout).
+        #[arg(long)]
+        wait: bool,
         #[arg(long)]
         report: Option<std::path::PathBuf>,
     },

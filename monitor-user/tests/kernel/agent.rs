@@ -90,9 +90,13 @@ fn three_tasks_on_their_own_profiles() {
         assert_eq!(last.seq as usize, messages.len());
     }
     assert_eq!(slow_final.seq, 3);
+    // The busy child burned for 3 s of wall-clock time, 0.3 s of it before
+    // the attach: counted from the attach, it is under 2.9 s of CPU (less
+    // when other work shares the cores). `cpu::threads_attached_mid_run...`
+    // checks the attach baseline to the nanosecond.
     let cpu = fast.last().unwrap().metrics.cpu_time_ns.unwrap() as f64 / 1e9;
     assert!(
-        (2.2..=3.1).contains(&cpu),
+        (0.5..2.9).contains(&cpu),
         "existing busy child counted from the attach: {cpu} s"
     );
     assert!(fast[0].aggregated.is_some() && slow[0].metrics.disk_read_bytes.is_none());

@@ -13,6 +13,7 @@ mod disk;
 mod lifecycle;
 mod mqtt;
 mod net;
+mod trust;
 mod tcp_proxy;
 
 use std::{

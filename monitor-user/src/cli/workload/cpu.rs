@@ -79,3 +79,81 @@ pub fn cpu_tree(shape: &TreeShape) -> anyhow::Result<CpuTruth> {
         processes,
     })
 }
+
+/// Sizes of the threaded workload.
+pub struct ThreadsShape {
+    pub threads: usize,
+    /// CPU each thread burns before the pause.
+    pub before: Duration,
+    /// CPU each thread burns after it.
+    pub after: Duration,
+    /// Pause for a line on stdin.
+    pub wait: bool,
+}
+
+/// What the kernel says the process consumed (CLOCK_PROCESS_CPUTIME_ID:
+/// every thread's `sum_exec_runtime`, to the nanosecond).
+#[derive(Debug, Serialize)]
+pub struct ThreadsTruth {
+    /// At the pause.
+    pub cpu_before_ns: u64,
+    /// At the end, every thread joined.
+    pub cpu_total_ns: u64,
+}
+
+/// Threads that burn an exact amount of their own CPU, pause, burn again.
+pub fn threads(shape: &ThreadsShape) -> anyhow::Result<ThreadsTruth> {
+    use std::sync::{Arc, Barrier};
+    let paused = Arc::new(Barrier::new(shape.threads + 1));
+    let resumed = Arc::new(Barrier::new(shape.threads + 1));
+    let workers: Vec<_> = (0..shape.threads)
+        .map(|_| {
+            let (paused, resumed) = (paused.clone(), resumed.clone());
+            let (before, after) = (shape.before, shape.after);
+            std::thread::spawn(move || {
+                burn_own_cpu(before);
+                paused.wait();
+                resumed.wait();
+                burn_own_cpu(after);
+            })
+        })
+        .collect();
+    paused.wait();
+    let cpu_before_ns = process_cpu_ns()?;
+    if shape.wait {
+        use std::io::{BufRead as _, Write as _};
+        println!("waiting");
+        std::io::stdout().flush()?;
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+    }
+    resumed.wait();
+    for worker in workers {
+        worker.join().expect("burner thread");
+    }
+    Ok(ThreadsTruth {
+        cpu_before_ns,
+        cpu_total_ns: process_cpu_ns()?,
+    })
+}
+
+/// Burns until this thread has had `amount` of CPU, however busy the
+/// machine is.
+fn burn_own_cpu(amount: Duration) {
+    let clock = nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID;
+    let now = || {
+        nix::time::clock_gettime(clock).map_or(Duration::ZERO, |t| Duration::from(t))
+    };
+    let until = now() + amount;
+    let mut x = 0u64;
+    while now() < until {
+        for i in 0..10_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+        }
+    }
+}
+
+fn process_cpu_ns() -> anyhow::Result<u64> {
+    let time = nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)?;
+    Ok(Duration::from(time).as_nanos() as u64)
+}

@@ -52,6 +52,21 @@ pub fn run(args: WorkloadArgs) -> anyhow::Result<ExitCode> {
             write_report(report.as_deref(), &cpu::cpu_tree(&shape)?)?;
         }
         WorkloadKind::Busy { seconds } => burn(Duration::from_secs_f64(seconds)),
+        WorkloadKind::Threads {
+            threads,
+            before_ms,
+            after_ms,
+            wait,
+            report,
+        } => {
+            let shape = cpu::ThreadsShape {
+                threads: threads.clamp(1, 64),
+                before: Duration::from_millis(before_ms.min(60_000)),
+                after: Duration::from_millis(after_ms.min(60_000)),
+                wait,
+            };
+            write_report(report.as_deref(), &cpu::threads(&shape)?)?;
+        }
         WorkloadKind::Storm { count, linger } => {
             for _ in 0..count {
                 spawn_child(|| {})?;

@@ -1,12 +1,16 @@
-//! Kernel struct field offsets, read from the running kernel's BTF.
+//! The running kernel's BTF, read once at start-up: the struct offsets
+//! the programs need (Rust eBPF has no CO-RE relocations, so the loader
+//! resolves them and hands them over as read-only globals), and the type
+//! ids of the attach points.
 //!
-//! Rust eBPF has no CO-RE relocations yet, so the programs cannot ask the
-//! loader to patch `task->tgid` for this kernel: we look the offsets up
-//! here and hand them to the programs as read-only globals.
+//! A full parse of `/sys/kernel/btf/vmlinux` (5 MB, 130,000 types) into
+//! objects costs tens of MB for a moment; this reads the raw bytes once,
+//! keeps an index of where each type starts, and answers the few
+//! questions we have by scanning it. aya wants its own `Btf` to load
+//! programs; it gets one made of only the attach points, at their ids.
 
-use std::path::Path;
+use std::{fs, path::Path};
 
-use btf_rs::{Btf, Member, Type};
 use monitor_common::KernelLayout;
 
 /// Where the kernel publishes its own BTF (CONFIG_DEBUG_INFO_BTF=y).
@@ -14,12 +18,8 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
-    #[error("cannot read kernel BTF from {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: btf_rs::Error,
-    },
+    #[error("cannot read kernel BTF from {path}: {reason}")]
+    Read { path: String, reason: String },
     #[error("kernel BTF has no struct {0}")]
     NoStruct(&'static str),
     #[error("kernel BTF has no (whole, byte-aligned) field {field} in struct {structure}")]
@@ -29,19 +29,132 @@ pub enum BtfError {
     },
     #[error("kernel BTF has no enum member {name}")]
     NoEnumValue { name: &'static str },
+    #[error("kernel BTF has no {kind} {name}")]
+    NoType { kind: &'static str, name: String },
 }
 
+/// `BTF_KIND_*` (include/uapi/linux/btf.h).
+mod kind {
+    pub const INT: u32 = 1;
+    pub const PTR: u32 = 2;
+    pub const ARRAY: u32 = 3;
+    pub const STRUCT: u32 = 4;
+    pub const UNION: u32 = 5;
+    pub const ENUM: u32 = 6;
+    pub const TYPEDEF: u32 = 8;
+    pub const VOLATILE: u32 = 9;
+    pub const CONST: u32 = 10;
+    pub const RESTRICT: u32 = 11;
+    pub const FUNC: u32 = 12;
+    pub const FUNC_PROTO: u32 = 13;
+    pub const VAR: u32 = 14;
+    pub const DATASEC: u32 = 15;
+    pub const DECL_TAG: u32 = 17;
+    pub const TYPE_TAG: u32 = 18;
+    pub const ENUM64: u32 = 19;
+}
+
+/// `struct btf_header` (include/uapi/linux/btf.h): 24 bytes.
+const HEADER_BYTES: usize = 24;
+const BTF_MAGIC: u16 = 0xeb9f;
+/// `struct btf_type`: name_off, info, size/type.
+const TYPE_BYTES: usize = 12;
+
 pub struct KernelBtf {
-    btf: Btf,
+    data: Vec<u8>,
+    strings: usize,
+    /// Byte offset (in `data`) of each type, by id; id 0 is `void`.
+    index: Vec<u32>,
+}
+
+/// One type record.
+#[derive(Clone, Copy)]
+struct Type {
+    name: u32,
+    kind: u32,
+    vlen: usize,
+    kind_flag: bool,
+    /// `size` or `type`, by kind.
+    size_or_type: u32,
+    /// Where the kind-specific data starts.
+    extra: usize,
 }
 
 impl KernelBtf {
     pub fn load(path: &Path) -> Result<Self, BtfError> {
-        let btf = Btf::from_file(path).map_err(|source| BtfError::Read {
+        let failed = |reason: String| BtfError::Read {
             path: path.display().to_string(),
-            source,
-        })?;
-        Ok(KernelBtf { btf })
+            reason,
+        };
+        let data = fs::read(path).map_err(|err| failed(err.to_string()))?;
+        Self::parse(data).map_err(failed)
+    }
+
+    fn parse(data: Vec<u8>) -> Result<Self, String> {
+        if data.len() < HEADER_BYTES || u16::from_le_bytes([data[0], data[1]]) != BTF_MAGIC {
+            return Err("not little-endian BTF".into());
+        }
+        let word = |at: usize| u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize;
+        let header = word(4);
+        let (type_off, type_len, str_off, str_len) = (word(8), word(12), word(16), word(20));
+        let types = header + type_off;
+        let strings = header + str_off;
+        if types + type_len > data.len() || strings + str_len > data.len() {
+            return Err("truncated BTF".into());
+        }
+        let mut btf = KernelBtf {
+            data,
+            strings,
+            index: vec![0],
+        };
+        let mut at = types;
+        while at < types + type_len {
+            btf.index.push(at as u32);
+            let ty = btf.type_at(at);
+            at = ty.extra + extra_bytes(ty.kind, ty.vlen).ok_or("unknown BTF kind")?;
+        }
+        btf.index.shrink_to_fit();
+        Ok(btf)
+    }
+
+    fn u32_at(&self, at: usize) -> u32 {
+        u32::from_le_bytes(self.data[at..at + 4].try_into().unwrap())
+    }
+
+    fn type_at(&self, at: usize) -> Type {
+        let info = self.u32_at(at + 4);
+        Type {
+            name: self.u32_at(at),
+            kind: (info >> 24) & 0x1f,
+            vlen: (info & 0xffff) as usize,
+            kind_flag: info >> 31 != 0,
+            size_or_type: self.u32_at(at + 8),
+            extra: at + TYPE_BYTES,
+        }
+    }
+
+    fn by_id(&self, id: u32) -> Option<Type> {
+        let at = *self.index.get(id as usize)?;
+        (id != 0).then(|| self.type_at(at as usize))
+    }
+
+    fn name(&self, offset: u32) -> &[u8] {
+        let start = self.strings + offset as usize;
+        let rest = self.data.get(start..).unwrap_or_default();
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        &rest[..end]
+    }
+
+    /// Ids of every type, with their records.
+    fn all(&self) -> impl Iterator<Item = (u32, Type)> + '_ {
+        (1..self.index.len() as u32).filter_map(|id| Some((id, self.by_id(id)?)))
+    }
+
+    /// The id of the type `name` of kind `kind`.
+    pub fn id_of(&self, name: &str, kind: u32) -> Option<u32> {
+        self.all()
+            .find(|(_, ty)| ty.kind == kind && self.name(ty.name) == name.as_bytes())
+            .map(|(id, _)| id)
     }
 
     /// Everything the programs read from kernel structs, for this kernel.
@@ -86,24 +199,25 @@ impl KernelBtf {
 
     /// Size in bytes of the struct `structure`.
     pub fn struct_size(&self, structure: &'static str) -> Result<u32, BtfError> {
-        Ok(self.named_struct(structure)?.size() as u32)
+        Ok(self.named_struct(structure)?.size_or_type)
     }
 
     /// The value of the enum member `name`, in whichever enum (named or
     /// not) declares it.
     pub fn enum_member(&self, name: &'static str) -> Result<u32, BtfError> {
-        let mut id = 1;
-        while let Ok(ty) = self.btf.resolve_type_by_id(id) {
-            id += 1;
-            if let Type::Enum(e) = ty
-                && let Some(value) = e.members.iter().find_map(|member| {
-                    (self.btf.resolve_name(member).ok()? == name).then(|| member.val())
+        self.all()
+            .find_map(|(_, ty)| {
+                let stride = match ty.kind {
+                    kind::ENUM => 8,
+                    kind::ENUM64 => 12,
+                    _ => return None,
+                };
+                (0..ty.vlen).find_map(|i| {
+                    let at = ty.extra + i * stride;
+                    (self.name(self.u32_at(at)) == name.as_bytes()).then(|| self.u32_at(at + 4))
                 })
-            {
-                return Ok(value);
-            }
-        }
-        Err(BtfError::NoEnumValue { name })
+            })
+            .ok_or(BtfError::NoEnumValue { name })
     }
 
     /// Byte offset of `path` (e.g. `bi_iter.bi_size`) in `structure`,
@@ -122,16 +236,10 @@ impl KernelBtf {
         let mut bits = 0;
         let mut fields = path.split('.').peekable();
         while let Some(field) = fields.next() {
-            let (offset, member) = self.find_member(&current, field).ok_or_else(no_field)?;
-            if member.bitfield_size().is_some_and(|size| size != 0) {
-                return Err(no_field());
-            }
+            let (offset, member_type) = self.find_member(current, field).ok_or_else(no_field)?;
             bits += offset;
             if fields.peek().is_some() {
-                current = match self.resolve_to_struct(&member) {
-                    Some(inner) => inner,
-                    None => return Err(no_field()),
-                };
+                current = self.as_struct(member_type).ok_or_else(no_field)?;
             }
         }
         if bits % 8 != 0 {
@@ -140,50 +248,153 @@ impl KernelBtf {
         Ok(bits / 8)
     }
 
-    fn named_struct(&self, structure: &'static str) -> Result<btf_rs::Struct, BtfError> {
-        let types = self
-            .btf
-            .resolve_types_by_name(structure)
-            .map_err(|_| BtfError::NoStruct(structure))?;
-        types
-            .into_iter()
-            .find_map(|ty| match ty {
-                Type::Struct(s) if !s.members.is_empty() => Some(s),
-                _ => None,
+    fn named_struct(&self, structure: &'static str) -> Result<Type, BtfError> {
+        self.all()
+            .map(|(_, ty)| ty)
+            .find(|ty| {
+                ty.kind == kind::STRUCT && ty.vlen > 0 && self.name(ty.name) == structure.as_bytes()
             })
             .ok_or(BtfError::NoStruct(structure))
     }
 
-    /// Bit offset and member of `field` within the struct or union `s`.
-    fn find_member(&self, s: &btf_rs::Struct, field: &str) -> Option<(u32, Member)> {
-        s.members.iter().find_map(|member| {
-            let name = self.btf.resolve_name(member).unwrap_or_default();
-            if name == field {
-                return Some((member.bit_offset(), member.clone()));
+    /// Bit offset and type id of `field` within the struct or union `s`;
+    /// `None` for a bitfield.
+    fn find_member(&self, s: Type, field: &str) -> Option<(u32, u32)> {
+        (0..s.vlen).find_map(|i| {
+            let at = s.extra + i * 12;
+            let (name, member_type, raw) = (self.u32_at(at), self.u32_at(at + 4), self.u32_at(at + 8));
+            // With kind_flag, the offset word holds the bitfield size too.
+            let (offset, bitfield) = if s.kind_flag {
+                (raw & 0x00ff_ffff, raw >> 24)
+            } else {
+                (raw, 0)
+            };
+            let member_name = self.name(name);
+            if member_name == field.as_bytes() {
+                return (bitfield == 0).then_some((offset, member_type));
             }
-            if !name.is_empty() {
+            if !member_name.is_empty() {
                 return None;
             }
-            let inner = self.resolve_to_struct(member)?;
-            let (bits, found) = self.find_member(&inner, field)?;
-            Some((member.bit_offset() + bits, found))
+            let inner = self.as_struct(member_type)?;
+            let (bits, found) = self.find_member(inner, field)?;
+            Some((offset + bits, found))
         })
     }
 
-    /// The struct or union a member's type is, through typedefs and qualifiers.
-    fn resolve_to_struct(&self, member: &Member) -> Option<btf_rs::Struct> {
-        let mut ty = self.btf.resolve_chained_type(member).ok()?;
+    /// The struct or union `id` is, through typedefs and qualifiers.
+    fn as_struct(&self, mut id: u32) -> Option<Type> {
         for _ in 0..8 {
-            ty = match ty {
-                Type::Struct(s) | Type::Union(s) => return Some(s),
-                Type::Typedef(t) => self.btf.resolve_chained_type(&t).ok()?,
-                Type::Const(t) => self.btf.resolve_chained_type(&t).ok()?,
-                Type::Volatile(t) => self.btf.resolve_chained_type(&t).ok()?,
+            let ty = self.by_id(id)?;
+            match ty.kind {
+                kind::STRUCT | kind::UNION => return Some(ty),
+                kind::TYPEDEF | kind::CONST | kind::VOLATILE | kind::RESTRICT | kind::TYPE_TAG => {
+                    id = ty.size_or_type;
+                }
                 _ => return None,
-            };
+            }
         }
         None
     }
+
+    /// An aya `Btf` that holds only the given attach points, each at its
+    /// id in the kernel's BTF (what program loading sends to the kernel),
+    /// with placeholders in between: a fraction of a full parse.
+    pub fn attach_points(
+        &self,
+        wanted: &[(impl AsRef<str>, AttachKind)],
+    ) -> Result<aya::Btf, BtfError> {
+        let mut found = Vec::new();
+        for (name, attach) in wanted {
+            let name = name.as_ref();
+            let kind = match attach {
+                AttachKind::Typedef => kind::TYPEDEF,
+                AttachKind::Func => kind::FUNC,
+            };
+            match self.id_of(name, kind) {
+                Some(id) => found.push((id, name, kind)),
+                None if matches!(attach, AttachKind::Func) => {} // optional hooks
+                None => {
+                    return Err(BtfError::NoType {
+                        kind: "typedef",
+                        name: name.to_owned(),
+                    });
+                }
+            }
+        }
+        found.sort_unstable();
+        let blob = synthetic_btf(&found);
+        drop(found);
+        aya::Btf::parse(&blob, aya::Endianness::default()).map_err(|err| BtfError::Read {
+            path: "(attach points)".into(),
+            reason: err.to_string(),
+        })
+    }
+}
+
+/// What an attach point is in BTF.
+#[derive(Clone, Copy, Debug)]
+pub enum AttachKind {
+    /// `btf_trace_<tracepoint>`, for tp_btf programs.
+    Typedef,
+    /// A kernel function, for iterators (`bpf_iter_<name>`) and fexit.
+    Func,
+}
+
+/// Bytes that follow a `struct btf_type` of this kind.
+fn extra_bytes(kind: u32, vlen: usize) -> Option<usize> {
+    Some(match kind {
+        kind::INT | kind::VAR | kind::DECL_TAG => 4,
+        kind::ARRAY => 12,
+        kind::STRUCT | kind::UNION | kind::DATASEC | kind::ENUM64 => vlen * 12,
+        kind::ENUM | kind::FUNC_PROTO => vlen * 8,
+        0 | 2 | 7..=12 | 16 | kind::TYPE_TAG => 0,
+        _ => return None,
+    })
+}
+
+/// A BTF blob whose type `id` is `name` of `kind` for each entry of
+/// `points` (sorted by id), and `void *` placeholders elsewhere.
+fn synthetic_btf(points: &[(u32, &str, u32)]) -> Vec<u8> {
+    let mut strings = vec![0u8];
+    let mut types = Vec::new();
+    let mut push = |name: u32, info: u32, size_or_type: u32, extra: &[u8]| {
+        for word in [name, info, size_or_type] {
+            types.extend_from_slice(&word.to_le_bytes());
+        }
+        types.extend_from_slice(extra);
+    };
+    let mut next = 1;
+    for &(id, name, kind) in points {
+        while next < id {
+            // An unnamed pointer to void: the smallest type record.
+            push(0, kind::PTR << 24, 0, &[]);
+            next += 1;
+        }
+        let name_off = strings.len() as u32;
+        strings.extend_from_slice(name.as_bytes());
+        strings.push(0);
+        // Typedefs and functions point at `void` here: only names and ids
+        // are looked at.
+        let info = (kind << 24) | u32::from(kind == kind::FUNC); // static linkage
+        push(name_off, info, 0, &[]);
+        next += 1;
+    }
+    let mut blob = Vec::with_capacity(HEADER_BYTES + types.len() + strings.len());
+    blob.extend_from_slice(&BTF_MAGIC.to_le_bytes());
+    blob.extend_from_slice(&[1, 0]); // version 1, no flags
+    for word in [
+        HEADER_BYTES as u32,
+        0,
+        types.len() as u32,
+        types.len() as u32,
+        strings.len() as u32,
+    ] {
+        blob.extend_from_slice(&word.to_le_bytes());
+    }
+    blob.extend_from_slice(&types);
+    blob.extend_from_slice(&strings);
+    blob
 }
 
 #[cfg(test)]
@@ -222,10 +433,7 @@ mod tests {
             "MM_FILEPAGES, MM_ANONPAGES, MM_SHMEMPAGES"
         );
         assert!(layout.percpu_counter_size >= 16 && layout.percpu_counter_count < 16);
-        assert_eq!(
-            layout.fdtable_max_fds, 0,
-            "struct fdtable starts with max_fds"
-        );
+        assert_eq!(layout.fdtable_max_fds, 0, "struct fdtable starts with max_fds");
     }
 
     #[test]
@@ -245,5 +453,27 @@ mod tests {
             btf.enum_member("MM_NO_SUCH_COUNTER"),
             Err(BtfError::NoEnumValue { .. })
         ));
+    }
+
+    #[test]
+    fn attach_points_keep_the_kernels_ids() {
+        let Some(btf) = kernel_btf() else { return };
+        let wanted = [
+            ("btf_trace_task_newtask", AttachKind::Typedef),
+            ("bpf_iter_task", AttachKind::Func),
+            ("btf_trace_sock_send_length", AttachKind::Typedef),
+        ];
+        let small = btf.attach_points(&wanted).unwrap();
+        for (name, attach) in wanted {
+            let (kind, aya_kind) = match attach {
+                AttachKind::Typedef => (kind::TYPEDEF, aya_obj::btf::BtfKind::Typedef),
+                AttachKind::Func => (kind::FUNC, aya_obj::btf::BtfKind::Func),
+            };
+            assert_eq!(
+                small.id_by_type_name_kind(name, aya_kind).ok(),
+                btf.id_of(name, kind),
+                "{name}"
+            );
+        }
     }
 }

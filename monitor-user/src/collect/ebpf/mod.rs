@@ -72,6 +72,19 @@ const HOOKS: &[Hook] = &[
 /// The sampling pass (a task iterator).
 const SAMPLING_PASS: &str = "sampling_pass";
 
+/// The BTF names of every attach point, as aya looks them up.
+fn attach_points() -> Vec<(String, btf::AttachKind)> {
+    let mut points: Vec<(String, btf::AttachKind)> = HOOKS
+        .iter()
+        .map(|hook| match hook.kind {
+            Kind::Tracepoint => (format!("btf_trace_{}", hook.target), btf::AttachKind::Typedef),
+            Kind::FExit => (hook.target.to_owned(), btf::AttachKind::Func),
+        })
+        .collect();
+    points.push(("bpf_iter_task".to_owned(), btf::AttachKind::Func));
+    points
+}
+
 #[derive(Clone, Copy)]
 enum Kind {
     /// A BTF tracepoint (tp_btf).
@@ -164,15 +177,21 @@ impl EbpfBackend {
 
     fn load_checked(options: &LoadOptions) -> anyhow::Result<Self> {
         raise_memlock_limit();
-        let layout = btf::KernelBtf::load(Path::new(btf::VMLINUX_BTF))?.kernel_layout()?;
+        // aya's loader parses the whole kernel BTF when it is made (for CO-RE
+        // relocations, which Rust programs do not have) and has no way not
+        // to: make it first, drop that parse, and give the memory back.
+        let mut loader = EbpfLoader::new();
+        loader.btf(None);
+        release_freed_memory();
+        let (layout, attach_points) = {
+            let kernel_btf = btf::KernelBtf::load(Path::new(btf::VMLINUX_BTF))?;
+            (kernel_btf.kernel_layout()?, kernel_btf.attach_points(&attach_points())?)
+        };
+        release_freed_memory();
         let pins = match &options.pins {
             Some(name) => Some(Pins::open(name, PROGRAMS_OBJECT, &layout)?),
             None => None,
         };
-        let mut loader = EbpfLoader::new();
-        // No CO-RE relocations in Rust programs: the kernel's BTF is read
-        // once, below, for the attach points only.
-        loader.btf(None);
         loader.override_global(LAYOUT_GLOBAL, &layout, true);
         // aya 0.14 has no type for task-local storage; we use its fd.
         loader.allow_unsupported_maps();
@@ -184,7 +203,7 @@ impl EbpfBackend {
         let mut ebpf = loader
             .load(PROGRAMS_OBJECT)
             .context("loading the eBPF object (maps and globals)")?;
-        let kernel_btf = Btf::from_sys_fs().context("reading kernel BTF")?;
+        let kernel_btf = attach_points;
         let mut pinned_links = Vec::new();
         for hook in HOOKS {
             if let Some(link) = pins
