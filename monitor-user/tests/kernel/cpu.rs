@@ -86,7 +86,14 @@ fn hogs_never_switched_out_are_counted_in_every_interval() {
     let mut command = propmon(&["run", "--interval", "1s", "--"]);
     command
         .arg(propmon_bin())
-        .args(["workload", "threads", "--threads", "2", "--after-ms", "4000"])
+        .args([
+            "workload",
+            "threads",
+            "--threads",
+            "2",
+            "--after-ms",
+            "4000",
+        ])
         .arg("--report")
         .arg(&report);
     let run = run_to_end(command, Duration::from_secs(60));
@@ -115,7 +122,14 @@ fn threads_attached_mid_run_count_from_the_attach() {
     let Some(_serial) = kernel_test() else { return };
     let report = scratch("attached-threads.json");
     let mut work = Command::new(propmon_bin())
-        .args(["workload", "threads", "--threads", "3", "--before-ms", "300"])
+        .args([
+            "workload",
+            "threads",
+            "--threads",
+            "3",
+            "--before-ms",
+            "300",
+        ])
         .args(["--after-ms", "700", "--wait", "--report"])
         .arg(&report)
         .stdin(Stdio::piped())
@@ -127,7 +141,13 @@ fn threads_attached_mid_run_count_from_the_attach() {
         .read_line(&mut said)
         .unwrap();
     assert_eq!(said.trim(), "waiting");
-    let mut agent = propmon(&["agent", "--enable-monitoring", "false", "--profile", "intensive"]);
+    let mut agent = propmon(&[
+        "agent",
+        "--enable-monitoring",
+        "false",
+        "--profile",
+        "intensive",
+    ]);
     agent.arg("--attach").arg(format!("mid-run={}", work.id()));
     let mut live = Live::start(agent);
     live.until(Duration::from_secs(10), |m| m.task_id == "mid-run");
@@ -137,7 +157,10 @@ fn threads_attached_mid_run_count_from_the_attach() {
     kill(Pid::from_raw(live.pid() as i32), Signal::SIGTERM).unwrap();
     live.finish(Duration::from_secs(10));
     let truth: ThreadsTruth = read_truth(&report);
-    assert!(truth.cpu_before_ns >= 900_000_000, "3 threads x 300 ms before");
+    assert!(
+        truth.cpu_before_ns >= 900_000_000,
+        "3 threads x 300 ms before"
+    );
     assert_within_1_percent(
         last.metrics.cpu_time_ns.unwrap(),
         truth.cpu_total_ns - truth.cpu_before_ns,

@@ -13,8 +13,8 @@ mod disk;
 mod lifecycle;
 mod mqtt;
 mod net;
-mod trust;
 mod tcp_proxy;
+mod trust;
 
 use std::{
     io::{BufRead as _, BufReader},

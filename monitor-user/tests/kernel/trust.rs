@@ -80,24 +80,42 @@ fn a_stopped_tasks_process_is_charged_to_no_one() {
     let broker = Broker::start(None);
     let mut live = propeller(&broker, &["--max-tasks", "1"]);
     start(&broker, "hog", "intensive");
-    live.wait_for_log("task hog: waiting for its process", 1, Duration::from_secs(10));
-    let script = format!("exec {} workload busy --seconds 60", propmon_bin().display());
+    live.wait_for_log(
+        "task hog: waiting for its process",
+        1,
+        Duration::from_secs(10),
+    );
+    let script = format!(
+        "exec {} workload busy --seconds 60",
+        propmon_bin().display()
+    );
     let hog = module_process("hog", &script);
     live.until(Duration::from_secs(15), |m| {
         m.task_id == "hog" && m.seq >= 2 && m.metrics.cpu_percent > Some(30.0)
     });
     stop_task(&broker, "hog");
-    live.until(Duration::from_secs(10), |m| m.task_id == "hog" && m.is_final);
+    live.until(Duration::from_secs(10), |m| {
+        m.task_id == "hog" && m.is_final
+    });
 
     start(&broker, "quiet", "intensive");
-    live.wait_for_log("task quiet: waiting for its process", 1, Duration::from_secs(10));
+    live.wait_for_log(
+        "task quiet: waiting for its process",
+        1,
+        Duration::from_secs(10),
+    );
     let quiet = module_process("quiet", "exec sleep 60");
-    let third = live.until(Duration::from_secs(15), |m| m.task_id == "quiet" && m.seq >= 3);
+    let third = live.until(Duration::from_secs(15), |m| {
+        m.task_id == "quiet" && m.seq >= 3
+    });
     end(hog);
     end(quiet);
     let run = stop(live);
-    let quiet_messages: Vec<&TaskMetricsMessage> =
-        run.messages.iter().filter(|m| m.task_id == "quiet").collect();
+    let quiet_messages: Vec<&TaskMetricsMessage> = run
+        .messages
+        .iter()
+        .filter(|m| m.task_id == "quiet")
+        .collect();
     for message in quiet_messages.iter().filter(|m| !m.is_final) {
         let percent = message.metrics.cpu_percent.unwrap();
         assert!(percent < 5.0, "quiet read {percent}%: {message:?}");
@@ -120,7 +138,14 @@ fn a_module_that_execs_before_its_start_message_is_counted_from_its_exec() {
     for (task, delay) in [("early-tenth", 100), ("early-two", 2000)] {
         let report = scratch(&format!("{task}.json"));
         let mut runtime = Command::new(propmon_bin())
-            .args(["workload", "runtime", "--burn-ms", "300", "--bytes", "200000"])
+            .args([
+                "workload",
+                "runtime",
+                "--burn-ms",
+                "300",
+                "--bytes",
+                "200000",
+            ])
             .arg("--module")
             .arg(format!("/tmp/proplet_{task}.wasm"))
             .arg("--report")
@@ -134,9 +159,21 @@ fn a_module_that_execs_before_its_start_message_is_counted_from_its_exec() {
         let truth: RuntimeTruth = read_json(&report);
         let cpu = last.metrics.cpu_time_ns.unwrap();
         let error = cpu.abs_diff(truth.cpu_ns) as f64 / truth.cpu_ns as f64;
-        assert!(error < 0.02, "{task}: cpu {cpu} vs getrusage {}", truth.cpu_ns);
-        assert_eq!(last.metrics.network_tx_bytes, Some(truth.net.tcp_tx), "{task}");
-        assert_eq!(last.metrics.network_rx_bytes, Some(truth.net.tcp_rx), "{task}");
+        assert!(
+            error < 0.02,
+            "{task}: cpu {cpu} vs getrusage {}",
+            truth.cpu_ns
+        );
+        assert_eq!(
+            last.metrics.network_tx_bytes,
+            Some(truth.net.tcp_tx),
+            "{task}"
+        );
+        assert_eq!(
+            last.metrics.network_rx_bytes,
+            Some(truth.net.tcp_rx),
+            "{task}"
+        );
         assert_eq!(last.end_reason, Some(EndReason::Exited));
     }
     stop(live);
@@ -178,9 +215,15 @@ fn discovery_wins_over_in_process_attribution() {
         m.task_id == "inproc" && m.attribution.as_deref() == Some("proplet-process")
     });
     start(&broker, "later", "intensive");
-    live.wait_for_log("task later: waiting for its process", 1, Duration::from_secs(10));
+    live.wait_for_log(
+        "task later: waiting for its process",
+        1,
+        Duration::from_secs(10),
+    );
     writeln!(proplet.stdin.as_mut().unwrap(), "later").unwrap();
-    let last = live.until(Duration::from_secs(20), |m| m.task_id == "later" && m.is_final);
+    let last = live.until(Duration::from_secs(20), |m| {
+        m.task_id == "later" && m.is_final
+    });
     let inproc = live.until(Duration::from_secs(5), |m| m.task_id == "inproc");
     drop(proplet.stdin.take());
     assert!(proplet.wait().unwrap().success());
@@ -194,7 +237,10 @@ fn discovery_wins_over_in_process_attribution() {
     assert_eq!(last.metrics.network_tx_bytes, Some(truth.net.tcp_tx));
     // The proplet itself only waited on its stdin.
     let inproc_cpu = inproc.metrics.cpu_time_ns.unwrap();
-    assert!(inproc_cpu < 50_000_000, "in-process task charged {inproc_cpu} ns");
+    assert!(
+        inproc_cpu < 50_000_000,
+        "in-process task charged {inproc_cpu} ns"
+    );
     assert_eq!(inproc.metrics.network_tx_bytes, Some(0));
 }
 
@@ -218,8 +264,13 @@ fn proc_tree(root: u32) -> ProcTree {
         tree.processes += 1;
         tree.threads += fields[17].parse::<u64>().unwrap();
         tree.rss_bytes += fields[21].parse::<u64>().unwrap() * page;
-        tree.fds += std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as u64;
-        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        tree.fds += std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count() as u64;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+        {
             let children = task.path().join("children");
             let listed = std::fs::read_to_string(children).unwrap_or_default();
             queue.extend(listed.split_whitespace().map(|c| c.parse::<u32>().unwrap()));
@@ -256,7 +307,13 @@ fn an_idle_tree_is_whole_in_its_first_message() {
         thread::sleep(Duration::from_millis(50));
     }
     assert_eq!((before.processes, before.threads), (5, 8), "{before:?}");
-    let mut command = propmon(&["agent", "--enable-monitoring", "false", "--profile", "intensive"]);
+    let mut command = propmon(&[
+        "agent",
+        "--enable-monitoring",
+        "false",
+        "--profile",
+        "intensive",
+    ]);
     command.arg("--attach").arg(format!("idle-tree={root}"));
     let mut live = Live::start(command);
     let first = live.until(Duration::from_secs(10), |m| m.task_id == "idle-tree");
@@ -290,16 +347,26 @@ fn a_process_belongs_to_one_task() {
     let parent_pid = parent.id();
     let mut child_pid = None;
     for _ in 0..100 {
-        let listed = std::fs::read_to_string(format!("/proc/{parent_pid}/task/{parent_pid}/children"))
-            .unwrap_or_default();
-        child_pid = listed.split_whitespace().next().and_then(|c| c.parse::<u32>().ok());
+        let listed =
+            std::fs::read_to_string(format!("/proc/{parent_pid}/task/{parent_pid}/children"))
+                .unwrap_or_default();
+        child_pid = listed
+            .split_whitespace()
+            .next()
+            .and_then(|c| c.parse::<u32>().ok());
         if child_pid.is_some() {
             break;
         }
         thread::sleep(Duration::from_millis(20));
     }
     let child_pid = child_pid.expect("sleep started");
-    let mut command = propmon(&["agent", "--enable-monitoring", "false", "--profile", "intensive"]);
+    let mut command = propmon(&[
+        "agent",
+        "--enable-monitoring",
+        "false",
+        "--profile",
+        "intensive",
+    ]);
     command
         .arg("--attach")
         .arg(format!("first={child_pid}"))
@@ -316,11 +383,17 @@ fn a_process_belongs_to_one_task() {
     end(parent);
     kill(Pid::from_raw(live.pid() as i32), Signal::SIGTERM).unwrap();
     let run = live.finish(Duration::from_secs(10));
-    assert!(run.messages.iter().all(|m| m.task_id != "second"), "{seen:?}");
+    assert!(
+        run.messages.iter().all(|m| m.task_id != "second"),
+        "{seen:?}"
+    );
     let refusal = format!("PID {child_pid} already belongs to task first");
     assert!(run.stderr.contains(&refusal), "{}", run.stderr);
     assert_eq!(seen["first"].metrics.process_count, 1);
-    assert_eq!(seen["parent"].metrics.process_count, 1, "the sleep stays in its task");
+    assert_eq!(
+        seen["parent"].metrics.process_count, 1,
+        "the sleep stays in its task"
+    );
 }
 
 /// Item 6: with the proplet known, only its descendants can claim a task,
@@ -345,7 +418,11 @@ fn only_the_proplets_descendants_exec_a_task_exactly() {
     );
     live.wait_for_log("proplet process", 1, Duration::from_secs(10));
     start(&broker, "claimed", "intensive");
-    live.wait_for_log("task claimed: waiting for its process", 1, Duration::from_secs(10));
+    live.wait_for_log(
+        "task claimed: waiting for its process",
+        1,
+        Duration::from_secs(10),
+    );
     // An impostor, not a descendant of the proplet, with the exact name.
     let impostor = Command::new("sh")
         .args(["-c", "sleep 0.3", "/tmp/proplet_claimed.wasm"])
@@ -353,7 +430,10 @@ fn only_the_proplets_descendants_exec_a_task_exactly() {
         .unwrap();
     assert!(impostor.success());
     let input = proplet.stdin.as_mut().unwrap();
-    for near_miss in ["/tmp/proplet_claimed.wasm.log", "/tmp/proplet_claimed.wasm-backup"] {
+    for near_miss in [
+        "/tmp/proplet_claimed.wasm.log",
+        "/tmp/proplet_claimed.wasm-backup",
+    ] {
         writeln!(input, "{near_miss}").unwrap();
     }
     thread::sleep(Duration::from_secs(2));
@@ -363,7 +443,9 @@ fn only_the_proplets_descendants_exec_a_task_exactly() {
         "an impostor or a near miss was taken for the task"
     );
     writeln!(input, "/tmp/proplet_claimed.wasm").unwrap();
-    let last = live.until(Duration::from_secs(10), |m| m.task_id == "claimed" && m.is_final);
+    let last = live.until(Duration::from_secs(10), |m| {
+        m.task_id == "claimed" && m.is_final
+    });
     drop(proplet.stdin.take());
     assert!(proplet.wait().unwrap().success());
     let run = stop(live);
@@ -388,7 +470,11 @@ fn a_task_whose_process_never_comes_ends_saying_so() {
     let run = stop(live);
     assert!(last.is_final && last.seq == 1, "{last:?}");
     assert_eq!(last.end_reason, Some(EndReason::NotFound));
-    assert!(run.stderr.contains("no process exec'd its module"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("no process exec'd its module"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[derive(Deserialize)]
@@ -407,7 +493,14 @@ fn a_killed_agent_is_resumed_without_losing_counts() {
     let state = state_dir.to_str().unwrap().to_owned();
     let report = scratch("resumed-threads.json");
     let mut work = Command::new(propmon_bin())
-        .args(["workload", "threads", "--threads", "2", "--before-ms", "200"])
+        .args([
+            "workload",
+            "threads",
+            "--threads",
+            "2",
+            "--before-ms",
+            "200",
+        ])
         .args(["--after-ms", "2500", "--wait", "--report"])
         .arg(&report)
         .stdin(Stdio::piped())
@@ -418,7 +511,13 @@ fn a_killed_agent_is_resumed_without_losing_counts() {
     BufReader::new(work.stdout.take().unwrap())
         .read_line(&mut said)
         .unwrap();
-    let flags = ["agent", "--enable-monitoring", "false", "--profile", "intensive"];
+    let flags = [
+        "agent",
+        "--enable-monitoring",
+        "false",
+        "--profile",
+        "intensive",
+    ];
     let mut first = propmon(&flags);
     first
         .args(["--state-dir", &state, "--attach"])
@@ -434,7 +533,9 @@ fn a_killed_agent_is_resumed_without_losing_counts() {
     let mut second = propmon(&flags);
     second.args(["--state-dir", &state]);
     let mut second = Live::start(second);
-    let last = second.until(Duration::from_secs(20), |m| m.task_id == "resumed" && m.is_final);
+    let last = second.until(Duration::from_secs(20), |m| {
+        m.task_id == "resumed" && m.is_final
+    });
     assert!(work.wait().unwrap().success());
     kill(Pid::from_raw(second.pid() as i32), Signal::SIGTERM).unwrap();
     let second = second.finish(Duration::from_secs(10));
@@ -443,8 +544,16 @@ fn a_killed_agent_is_resumed_without_losing_counts() {
         .output()
         .unwrap();
     let _ = std::fs::remove_dir_all(&state_dir);
-    assert!(forget.status.success(), "{}", String::from_utf8_lossy(&forget.stderr));
-    assert!(second.stderr.contains("resumed 1 tasks"), "{}", second.stderr);
+    assert!(
+        forget.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forget.stderr)
+    );
+    assert!(
+        second.stderr.contains("resumed 1 tasks"),
+        "{}",
+        second.stderr
+    );
 
     let seqs: Vec<u64> = second.messages.iter().map(|m| m.seq).collect();
     let expected: Vec<u64> = (last_seq + 1..=last.seq).collect();
@@ -453,5 +562,9 @@ fn a_killed_agent_is_resumed_without_losing_counts() {
     let counted = last.metrics.cpu_time_ns.unwrap();
     let burned = truth.cpu_total_ns - truth.cpu_before_ns;
     let error = counted.abs_diff(burned) as f64 / burned as f64;
-    assert!(error < 0.01, "propmon {counted} ns vs {burned} ns: {:.2}% off", error * 100.0);
+    assert!(
+        error < 0.01,
+        "propmon {counted} ns vs {burned} ns: {:.2}% off",
+        error * 100.0
+    );
 }

@@ -141,9 +141,7 @@ pub fn threads(shape: &ThreadsShape) -> anyhow::Result<ThreadsTruth> {
 /// machine is.
 fn burn_own_cpu(amount: Duration) {
     let clock = nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID;
-    let now = || {
-        nix::time::clock_gettime(clock).map_or(Duration::ZERO, |t| Duration::from(t))
-    };
+    let now = || nix::time::clock_gettime(clock).map_or(Duration::ZERO, Duration::from);
     let until = now() + amount;
     let mut x = 0u64;
     while now() < until {

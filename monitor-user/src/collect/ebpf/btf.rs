@@ -262,7 +262,8 @@ impl KernelBtf {
     fn find_member(&self, s: Type, field: &str) -> Option<(u32, u32)> {
         (0..s.vlen).find_map(|i| {
             let at = s.extra + i * 12;
-            let (name, member_type, raw) = (self.u32_at(at), self.u32_at(at + 4), self.u32_at(at + 8));
+            let (name, member_type, raw) =
+                (self.u32_at(at), self.u32_at(at + 4), self.u32_at(at + 8));
             // With kind_flag, the offset word holds the bitfield size too.
             let (offset, bitfield) = if s.kind_flag {
                 (raw & 0x00ff_ffff, raw >> 24)
@@ -433,7 +434,10 @@ mod tests {
             "MM_FILEPAGES, MM_ANONPAGES, MM_SHMEMPAGES"
         );
         assert!(layout.percpu_counter_size >= 16 && layout.percpu_counter_count < 16);
-        assert_eq!(layout.fdtable_max_fds, 0, "struct fdtable starts with max_fds");
+        assert_eq!(
+            layout.fdtable_max_fds, 0,
+            "struct fdtable starts with max_fds"
+        );
     }
 
     #[test]

@@ -77,7 +77,10 @@ fn attach_points() -> Vec<(String, btf::AttachKind)> {
     let mut points: Vec<(String, btf::AttachKind)> = HOOKS
         .iter()
         .map(|hook| match hook.kind {
-            Kind::Tracepoint => (format!("btf_trace_{}", hook.target), btf::AttachKind::Typedef),
+            Kind::Tracepoint => (
+                format!("btf_trace_{}", hook.target),
+                btf::AttachKind::Typedef,
+            ),
             Kind::FExit => (hook.target.to_owned(), btf::AttachKind::Func),
         })
         .collect();
@@ -185,7 +188,10 @@ impl EbpfBackend {
         release_freed_memory();
         let (layout, attach_points) = {
             let kernel_btf = btf::KernelBtf::load(Path::new(btf::VMLINUX_BTF))?;
-            (kernel_btf.kernel_layout()?, kernel_btf.attach_points(&attach_points())?)
+            (
+                kernel_btf.kernel_layout()?,
+                kernel_btf.attach_points(&attach_points())?,
+            )
         };
         release_freed_memory();
         let pins = match &options.pins {
