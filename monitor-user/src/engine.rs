@@ -44,6 +44,9 @@ pub const PROVISIONAL_HOLD: Duration = Duration::from_secs(10);
 const PROVISIONAL_POOL: usize = 8;
 /// How often an ending task is looked at until its threads are released.
 const ENDING_POLL: Duration = Duration::from_millis(20);
+/// A round at least this often, when nothing is due and the backend wakes
+/// the loop for events.
+const IDLE_WAKEUP: Duration = Duration::from_secs(60);
 
 pub struct Engine {
     backend: Box<dyn Backend>,
@@ -117,6 +120,11 @@ impl Engine {
     /// Whether the backend took up the kernel state of a previous agent.
     pub fn resumed(&self) -> bool {
         self.backend.resumed()
+    }
+
+    /// Whether the tasks go on being counted when the agent stops.
+    pub fn keeps_state(&self) -> bool {
+        self.backend.keeps_state()
     }
 
     /// The agent stops but its tasks go on being counted in the kernel,
@@ -375,9 +383,9 @@ impl Engine {
         let poll = if ending {
             now + ENDING_POLL
         } else if self.backend.event_fd().is_some() {
-            // Events wake the loop; the clock only for due tasks, waiting
-            // tasks and provisional roots.
-            now + Duration::from_secs(1)
+            // Events wake the loop: the clock is needed only for what
+            // expires.
+            self.next_expiry().unwrap_or(now + IDLE_WAKEUP)
         } else {
             now + self.poll_period
         };
@@ -386,6 +394,28 @@ impl Engine {
             .filter(|task| !task.awaiting_discovery)
             .map(|task| task.next_due)
             .fold(poll, Instant::min)
+    }
+
+    /// When the next waiting task or provisional root expires.
+    fn next_expiry(&self) -> Option<Instant> {
+        let waiting = self.discovery_timeout.and_then(|timeout| {
+            self.tasks
+                .values()
+                .filter(|task| task.awaiting_discovery)
+                .map(|task| task.started() + timeout)
+                .min()
+        });
+        let provisional = self
+            .provisional
+            .values()
+            .map(|provisional| provisional.since + PROVISIONAL_HOLD)
+            .min();
+        // Just after the deadline, so that it has passed when we look.
+        [waiting, provisional]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|at| at + Duration::from_millis(1))
     }
 
     /// One round at `now`; returns the tasks that ended in it.

@@ -418,7 +418,7 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
                 message.acknowledge();
             }
             stop = signals.recv() => {
-                if state.is_some() {
+                if state.is_some() && engine.keeps_state() {
                     tracing::info!(
                         "received {stop}: {} tasks keep being counted in the kernel; the next \
                          agent with this --state-dir resumes them",

@@ -98,6 +98,12 @@ pub trait Backend: Send {
         false
     }
 
+    /// Whether the tasks go on being counted when the agent stops (kernel
+    /// state kept for the next agent).
+    fn keeps_state(&self) -> bool {
+        false
+    }
+
     /// The generation of `slot` if the kernel still holds a task there
     /// (state kept across agent restarts).
     fn live_generation(&self, _slot: u32) -> Option<u32> {

@@ -122,6 +122,8 @@ fn sigterm_finishes_every_task_and_detaches() {
     }
     let mut live = Live::start(agent);
     live.until(Duration::from_secs(10), |m| m.task_id == "t1" && m.seq == 2);
+    let ours = program_ids(live.pid());
+    assert!(ours.len() >= 6, "the agent holds its programs: {ours:?}");
     kill(Pid::from_raw(live.pid() as i32), Signal::SIGTERM).unwrap();
     let run = live.finish(Duration::from_secs(10));
     for sleeper in &mut sleepers {
@@ -141,25 +143,42 @@ fn sigterm_finishes_every_task_and_detaches() {
         "proplet-level messages every second"
     );
     // The kernel frees programs a moment after their last reference goes.
-    let ours = [
-        "task_newtask",
-        "sock_send_lengt",
-        "sched_process_f",
-        "sampling_pass",
-    ];
-    let mut listing = String::new();
+    let mut left = Vec::new();
     for _ in 0..50 {
         let programs = Command::new("bpftool")
             .args(["-j", "prog", "show"])
             .output()
             .unwrap();
-        listing = String::from_utf8_lossy(&programs.stdout).into_owned();
-        if !ours.iter().any(|name| listing.contains(name)) {
+        let listing: Vec<serde_json::Value> =
+            serde_json::from_slice(&programs.stdout).unwrap_or_default();
+        left = listing
+            .iter()
+            .filter_map(|program| program["id"].as_u64())
+            .filter(|id| ours.contains(id))
+            .collect();
+        if left.is_empty() {
             return;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("programs still loaded 5 s after the agent exited: {listing}");
+    panic!("programs {left:?} still loaded 5 s after the agent exited");
+}
+
+/// Ids of the BPF programs whose fds `owner` holds (each fdinfo of a
+/// program or link names its `prog_id`).
+fn program_ids(owner: u32) -> Vec<u64> {
+    let mut ids: Vec<u64> = std::fs::read_dir(format!("/proc/{owner}/fdinfo"))
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let info = std::fs::read_to_string(entry.path()).ok()?;
+            let line = info.lines().find(|l| l.starts_with("prog_id:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// A missing PID is one clear line; the agent keeps running the others.

@@ -169,6 +169,8 @@ pub struct EbpfBackend {
     reported: KernelStats,
     /// Whether the kernel state came from a previous agent.
     resumed: bool,
+    /// Whether the kernel state is pinned for the next agent.
+    pinned: bool,
 }
 
 impl EbpfBackend {
@@ -259,7 +261,8 @@ impl EbpfBackend {
             discovering: BTreeMap::new(),
             active: BTreeSet::new(),
             reported,
-            resumed: pins.is_some_and(|pins| pins.resumed()),
+            resumed: pins.as_ref().is_some_and(|pins| pins.resumed()),
+            pinned: pins.is_some(),
         })
     }
 
@@ -536,6 +539,10 @@ impl Backend for EbpfBackend {
 
     fn resumed(&self) -> bool {
         self.resumed
+    }
+
+    fn keeps_state(&self) -> bool {
+        self.pinned
     }
 
     fn live_generation(&self, slot: u32) -> Option<u32> {
