@@ -1,18 +1,13 @@
 //! CPU time per task against the kernel's own accounting.
 
-use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
 use serde::Deserialize;
 
-use crate::{Live, kernel_test, propmon, propmon_bin, run_to_end, scratch};
+use crate::{
+    Live, PausedThreads, ThreadsTruth, assert_close, kernel_test, propmon, propmon_bin,
+    quiet_agent, read_report, run_to_end, scratch,
+};
 
 #[derive(Deserialize)]
 struct GroundTruth {
@@ -54,27 +49,6 @@ fn cpu_total_matches_getrusage_of_the_whole_tree() {
     assert_eq!(last.task_id, "cpu-tree");
 }
 
-#[derive(Deserialize)]
-struct ThreadsTruth {
-    cpu_before_ns: u64,
-    cpu_total_ns: u64,
-}
-
-fn read_truth<T: serde::de::DeserializeOwned>(report: &std::path::Path) -> T {
-    let text = std::fs::read_to_string(report).unwrap();
-    let _ = std::fs::remove_file(report);
-    serde_json::from_str(&text).unwrap()
-}
-
-fn assert_within_1_percent(measured: u64, truth: u64) {
-    let error = measured.abs_diff(truth) as f64 / truth as f64;
-    assert!(
-        error < 0.01,
-        "propmon {measured} ns vs the kernel's {truth} ns: {:.2}% off",
-        error * 100.0
-    );
-}
-
 /// Issue 9: one CPU hog per core, each running for the whole task without
 /// a switch (no program runs at context switches any more): every full
 /// interval reads its share (not 0% then 200%), and the total is the
@@ -99,7 +73,7 @@ fn hogs_never_switched_out_are_counted_in_every_interval() {
     let run = run_to_end(command, Duration::from_secs(60));
     assert!(run.status.success(), "{}", run.stderr);
     let last = run.final_message();
-    let truth: ThreadsTruth = read_truth(&report);
+    let truth: ThreadsTruth = read_report(&report);
     let full_intervals = &run.messages[..run.messages.len() - 1];
     assert!(full_intervals.len() >= 2, "{} messages", run.messages.len());
     for message in full_intervals {
@@ -111,7 +85,8 @@ fn hogs_never_switched_out_are_counted_in_every_interval() {
             message.seq
         );
     }
-    assert_within_1_percent(last.metrics.cpu_time_ns.unwrap(), truth.cpu_total_ns);
+    let cpu = last.metrics.cpu_time_ns.unwrap();
+    assert_close("CPU", cpu, truth.cpu_total_ns, 0.01);
 }
 
 /// Issue 9: threads that ran before their process was attached count from
@@ -120,51 +95,21 @@ fn hogs_never_switched_out_are_counted_in_every_interval() {
 #[test]
 fn threads_attached_mid_run_count_from_the_attach() {
     let Some(_serial) = kernel_test() else { return };
-    let report = scratch("attached-threads.json");
-    let mut work = Command::new(propmon_bin())
-        .args([
-            "workload",
-            "threads",
-            "--threads",
-            "3",
-            "--before-ms",
-            "300",
-        ])
-        .args(["--after-ms", "700", "--wait", "--report"])
-        .arg(&report)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut said = String::new();
-    BufReader::new(work.stdout.take().unwrap())
-        .read_line(&mut said)
-        .unwrap();
-    assert_eq!(said.trim(), "waiting");
-    let mut agent = propmon(&[
-        "agent",
-        "--enable-monitoring",
-        "false",
-        "--profile",
-        "intensive",
-    ]);
-    agent.arg("--attach").arg(format!("mid-run={}", work.id()));
+    let mut work = PausedThreads::start(3, 300, 700);
+    let mut agent = quiet_agent();
+    agent.arg("--attach").arg(format!("mid-run={}", work.pid()));
     let mut live = Live::start(agent);
     live.until(Duration::from_secs(10), |m| m.task_id == "mid-run");
-    work.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    assert!(work.wait().unwrap().success());
+    work.resume();
+    let truth = work.finish();
     let last = live.until(Duration::from_secs(15), |m| m.is_final);
-    kill(Pid::from_raw(live.pid() as i32), Signal::SIGTERM).unwrap();
-    live.finish(Duration::from_secs(10));
-    let truth: ThreadsTruth = read_truth(&report);
+    live.terminate();
     assert!(
         truth.cpu_before_ns >= 900_000_000,
         "3 threads x 300 ms before"
     );
-    assert_within_1_percent(
-        last.metrics.cpu_time_ns.unwrap(),
-        truth.cpu_total_ns - truth.cpu_before_ns,
-    );
+    let cpu = last.metrics.cpu_time_ns.unwrap();
+    assert_close("CPU after the attach", cpu, truth.after_pause(), 0.01);
 }
 
 /// CPU burned by an untracked process at the same time is never charged,

@@ -234,6 +234,18 @@ impl Live {
     }
 }
 
+impl Live {
+    /// SIGTERM, then the rest of the output.
+    pub fn terminate(self) -> Finished {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        self.finish(Duration::from_secs(10))
+    }
+}
+
 /// A failed test must not leave its agent running (its programs would
 /// stay loaded and disturb the tests that follow).
 impl Drop for Live {
@@ -311,6 +323,92 @@ impl Drop for Sleepers {
             let _ = child.wait();
         }
     }
+}
+
+/// The `threads` workload, paused between its two phases: its threads ran
+/// before, and burn an exact amount of CPU each once resumed.
+pub struct PausedThreads {
+    child: Child,
+    report: PathBuf,
+}
+
+/// What the `threads` workload measured of itself (CLOCK_PROCESS_CPUTIME_ID).
+#[derive(Debug, serde::Deserialize)]
+pub struct ThreadsTruth {
+    pub cpu_before_ns: u64,
+    pub cpu_total_ns: u64,
+}
+
+impl ThreadsTruth {
+    /// CPU burned after the pause.
+    pub fn after_pause(&self) -> u64 {
+        self.cpu_total_ns - self.cpu_before_ns
+    }
+}
+
+impl PausedThreads {
+    pub fn start(threads: u32, before_ms: u64, after_ms: u64) -> Self {
+        let report = scratch(&format!("threads-{threads}-{before_ms}-{after_ms}.json"));
+        let mut child = Command::new(propmon_bin())
+            .args(["workload", "threads", "--wait"])
+            .args(["--threads", &threads.to_string()])
+            .args(["--before-ms", &before_ms.to_string()])
+            .args(["--after-ms", &after_ms.to_string()])
+            .arg("--report")
+            .arg(&report)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut said = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut said)
+            .unwrap();
+        assert_eq!(said.trim(), "waiting");
+        PausedThreads { child, report }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn resume(&mut self) {
+        use std::io::Write as _;
+        self.child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    }
+
+    pub fn finish(mut self) -> ThreadsTruth {
+        assert!(self.child.wait().unwrap().success());
+        read_report(&self.report)
+    }
+}
+
+/// Reads (and removes) a workload's JSON report.
+pub fn read_report<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> T {
+    let text = std::fs::read_to_string(path).unwrap();
+    let _ = std::fs::remove_file(path);
+    serde_json::from_str(&text).unwrap()
+}
+
+/// `measured` is within `tolerance` (a fraction) of `truth`.
+pub fn assert_close(what: &str, measured: u64, truth: u64, tolerance: f64) {
+    let error = measured.abs_diff(truth) as f64 / truth as f64;
+    assert!(
+        error < tolerance,
+        "{what}: propmon {measured} vs the kernel's {truth}: {:.2}% off",
+        error * 100.0
+    );
+}
+
+/// `propmon agent` on the intensive profile, without proplet-level messages.
+pub fn quiet_agent() -> Command {
+    propmon(&[
+        "agent",
+        "--enable-monitoring",
+        "false",
+        "--profile",
+        "intensive",
+    ])
 }
 
 /// A scratch file path unique to this test process.

@@ -373,6 +373,17 @@ pub(crate) struct RuntimeTruth {
     pub(crate) net: NetTally,
 }
 
+impl RuntimeTruth {
+    /// A runtime's final message: CPU within 2% of getrusage of its tree,
+    /// its TCP bytes exact.
+    pub(crate) fn assert_counted(&self, last: &TaskMetricsMessage) {
+        let cpu = last.metrics.cpu_time_ns.unwrap();
+        crate::assert_close(&last.task_id, cpu, self.cpu_ns, 0.02);
+        assert_eq!(last.metrics.network_tx_bytes, Some(self.net.tcp_tx));
+        assert_eq!(last.metrics.network_rx_bytes, Some(self.net.tcp_rx));
+    }
+}
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct NetTally {
     pub(crate) tcp_tx: u64,
@@ -446,19 +457,13 @@ fn propeller_start_discovery_and_stop_end_to_end() {
     let _ = sleeper.wait();
     let run = stop(live);
 
-    let truth: RuntimeTruth =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let received = subscriber.task_messages("control/proplet/task_metrics");
     let last = received
         .iter()
         .find(|m| m.task_id == "e2e-snake" && m.is_final)
         .unwrap();
     assert_eq!(last.proplet_id, PROPLET);
-    assert_eq!(last.metrics.network_tx_bytes, Some(truth.net.tcp_tx));
-    assert_eq!(last.metrics.network_rx_bytes, Some(truth.net.tcp_rx));
-    let cpu = last.metrics.cpu_time_ns.unwrap();
-    let error = cpu.abs_diff(truth.cpu_ns) as f64 / truth.cpu_ns as f64;
-    assert!(error < 0.02, "cpu {cpu} vs getrusage {}", truth.cpu_ns);
+    crate::read_report::<RuntimeTruth>(&report).assert_counted(last);
     let camel_final = received
         .iter()
         .find(|m| m.task_id == "e2e-camel" && m.is_final)

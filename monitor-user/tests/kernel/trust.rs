@@ -5,7 +5,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader, Write as _},
+    io::Write as _,
     path::Path,
     process::{Child, Command, Stdio},
     thread,
@@ -17,12 +17,11 @@ use nix::{
     unistd::Pid,
 };
 use propmon::message::{EndReason, TaskMetricsMessage};
-use serde::Deserialize;
 
 use crate::{
-    Live, kernel_test,
+    Live, PausedThreads, assert_close, kernel_test,
     mqtt::{Broker, RuntimeTruth, agent, stop},
-    propmon, propmon_bin, scratch,
+    propmon_bin, quiet_agent, read_report, scratch,
 };
 
 const PROPLET: &str = "proplet-under-test";
@@ -63,12 +62,6 @@ fn module_process(task: &str, script: &str) -> Child {
 fn end(mut child: Child) {
     let _ = child.kill();
     let _ = child.wait();
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> T {
-    let text = std::fs::read_to_string(path).unwrap();
-    let _ = std::fs::remove_file(path);
-    serde_json::from_str(&text).unwrap()
 }
 
 /// Item 1: a stopped task's process runs on, burning a core; the next task
@@ -156,24 +149,7 @@ fn a_module_that_execs_before_its_start_message_is_counted_from_its_exec() {
         start(&broker, task, "standard");
         assert!(runtime.wait().unwrap().success());
         let last = live.until(Duration::from_secs(20), |m| m.task_id == task && m.is_final);
-        let truth: RuntimeTruth = read_json(&report);
-        let cpu = last.metrics.cpu_time_ns.unwrap();
-        let error = cpu.abs_diff(truth.cpu_ns) as f64 / truth.cpu_ns as f64;
-        assert!(
-            error < 0.02,
-            "{task}: cpu {cpu} vs getrusage {}",
-            truth.cpu_ns
-        );
-        assert_eq!(
-            last.metrics.network_tx_bytes,
-            Some(truth.net.tcp_tx),
-            "{task}"
-        );
-        assert_eq!(
-            last.metrics.network_rx_bytes,
-            Some(truth.net.tcp_rx),
-            "{task}"
-        );
+        read_report::<RuntimeTruth>(&report).assert_counted(&last);
         assert_eq!(last.end_reason, Some(EndReason::Exited));
     }
     stop(live);
@@ -228,13 +204,9 @@ fn discovery_wins_over_in_process_attribution() {
     drop(proplet.stdin.take());
     assert!(proplet.wait().unwrap().success());
     stop(live);
-    let truth: RuntimeTruth = read_json(&dir.join("later.json"));
+    read_report::<RuntimeTruth>(&dir.join("later.json")).assert_counted(&last);
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(last.attribution, None, "{last:?}");
-    let cpu = last.metrics.cpu_time_ns.unwrap();
-    let error = cpu.abs_diff(truth.cpu_ns) as f64 / truth.cpu_ns as f64;
-    assert!(error < 0.02, "cpu {cpu} vs getrusage {}", truth.cpu_ns);
-    assert_eq!(last.metrics.network_tx_bytes, Some(truth.net.tcp_tx));
     // The proplet itself only waited on its stdin.
     let inproc_cpu = inproc.metrics.cpu_time_ns.unwrap();
     assert!(
@@ -307,20 +279,13 @@ fn an_idle_tree_is_whole_in_its_first_message() {
         thread::sleep(Duration::from_millis(50));
     }
     assert_eq!((before.processes, before.threads), (5, 8), "{before:?}");
-    let mut command = propmon(&[
-        "agent",
-        "--enable-monitoring",
-        "false",
-        "--profile",
-        "intensive",
-    ]);
+    let mut command = quiet_agent();
     command.arg("--attach").arg(format!("idle-tree={root}"));
     let mut live = Live::start(command);
     let first = live.until(Duration::from_secs(10), |m| m.task_id == "idle-tree");
     let after = proc_tree(root);
     end(tree);
-    kill(Pid::from_raw(live.pid() as i32), Signal::SIGTERM).unwrap();
-    live.finish(Duration::from_secs(10));
+    live.terminate();
     assert_eq!(first.seq, 1);
     let metrics = &first.metrics;
     assert_eq!(metrics.process_count, after.processes, "{first:?}");
@@ -360,13 +325,7 @@ fn a_process_belongs_to_one_task() {
         thread::sleep(Duration::from_millis(20));
     }
     let child_pid = child_pid.expect("sleep started");
-    let mut command = propmon(&[
-        "agent",
-        "--enable-monitoring",
-        "false",
-        "--profile",
-        "intensive",
-    ]);
+    let mut command = quiet_agent();
     command
         .arg("--attach")
         .arg(format!("first={child_pid}"))
@@ -381,8 +340,7 @@ fn a_process_belongs_to_one_task() {
         seen.insert(message.task_id.clone(), message);
     }
     end(parent);
-    kill(Pid::from_raw(live.pid() as i32), Signal::SIGTERM).unwrap();
-    let run = live.finish(Duration::from_secs(10));
+    let run = live.terminate();
     assert!(
         run.messages.iter().all(|m| m.task_id != "second"),
         "{seen:?}"
@@ -477,12 +435,6 @@ fn a_task_whose_process_never_comes_ends_saying_so() {
     );
 }
 
-#[derive(Deserialize)]
-struct ThreadsTruth {
-    cpu_before_ns: u64,
-    cpu_total_ns: u64,
-}
-
 /// Item 8: the agent is killed (SIGKILL) while a task's threads burn CPU;
 /// a new agent with the same --state-dir takes the task up, its messages
 /// numbered on, and its final CPU is the process's own within 1%.
@@ -491,54 +443,27 @@ fn a_killed_agent_is_resumed_without_losing_counts() {
     let Some(_serial) = kernel_test() else { return };
     let state_dir = scratch("state");
     let state = state_dir.to_str().unwrap().to_owned();
-    let report = scratch("resumed-threads.json");
-    let mut work = Command::new(propmon_bin())
-        .args([
-            "workload",
-            "threads",
-            "--threads",
-            "2",
-            "--before-ms",
-            "200",
-        ])
-        .args(["--after-ms", "2500", "--wait", "--report"])
-        .arg(&report)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut said = String::new();
-    BufReader::new(work.stdout.take().unwrap())
-        .read_line(&mut said)
-        .unwrap();
-    let flags = [
-        "agent",
-        "--enable-monitoring",
-        "false",
-        "--profile",
-        "intensive",
-    ];
-    let mut first = propmon(&flags);
+    let mut work = PausedThreads::start(2, 200, 2500);
+    let mut first = quiet_agent();
     first
         .args(["--state-dir", &state, "--attach"])
-        .arg(format!("resumed={}", work.id()));
+        .arg(format!("resumed={}", work.pid()));
     let mut first = Live::start(first);
     first.until(Duration::from_secs(10), |m| m.task_id == "resumed");
-    work.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    work.resume();
     first.until(Duration::from_secs(10), |m| m.seq >= 2);
     kill(Pid::from_raw(first.pid() as i32), Signal::SIGKILL).unwrap();
     let first = first.finish(Duration::from_secs(10));
     let last_seq = first.messages.iter().map(|m| m.seq).max().unwrap();
 
-    let mut second = propmon(&flags);
+    let mut second = quiet_agent();
     second.args(["--state-dir", &state]);
     let mut second = Live::start(second);
     let last = second.until(Duration::from_secs(20), |m| {
         m.task_id == "resumed" && m.is_final
     });
-    assert!(work.wait().unwrap().success());
-    kill(Pid::from_raw(second.pid() as i32), Signal::SIGTERM).unwrap();
-    let second = second.finish(Duration::from_secs(10));
+    let truth = work.finish();
+    let second = second.terminate();
     let forget = Command::new(propmon_bin())
         .args(["forget-state", "--state-dir", &state])
         .output()
@@ -558,13 +483,6 @@ fn a_killed_agent_is_resumed_without_losing_counts() {
     let seqs: Vec<u64> = second.messages.iter().map(|m| m.seq).collect();
     let expected: Vec<u64> = (last_seq + 1..=last.seq).collect();
     assert_eq!(seqs, expected, "numbered on from {last_seq}");
-    let truth: ThreadsTruth = read_json(&report);
-    let counted = last.metrics.cpu_time_ns.unwrap();
-    let burned = truth.cpu_total_ns - truth.cpu_before_ns;
-    let error = counted.abs_diff(burned) as f64 / burned as f64;
-    assert!(
-        error < 0.01,
-        "propmon {counted} ns vs {burned} ns: {:.2}% off",
-        error * 100.0
-    );
+    let cpu = last.metrics.cpu_time_ns.unwrap();
+    assert_close("CPU across the restart", cpu, truth.after_pause(), 0.01);
 }
