@@ -162,7 +162,7 @@ impl Task {
     /// Moves `next_due` to the first point of the task's grid after `now`
     /// (a late round skips the missed ones rather than bursting).
     pub fn schedule_after(&mut self, origin: Instant, now: Instant) {
-        self.next_due = crate::engine::grid_after(origin, self.spec.profile.interval, now);
+        self.next_due = grid_after(origin, self.spec.profile.interval, now);
     }
 
     /// The task's next message, with uncollected or unknown figures
@@ -287,6 +287,15 @@ fn counted(sum: Option<u64>, processes: &ProcessSample) -> Option<u64> {
 
 fn uptime(started: Instant, now: Instant) -> Duration {
     now.saturating_duration_since(started)
+}
+
+/// The first point of the grid `origin + k * interval` after `now`.
+pub fn grid_after(origin: Instant, interval: Duration, now: Instant) -> Instant {
+    let interval_ns = interval.as_nanos().max(1);
+    let elapsed = now.saturating_duration_since(origin).as_nanos();
+    let steps = elapsed / interval_ns + 1;
+    let offset = interval_ns.saturating_mul(steps);
+    origin + Duration::from_nanos(u64::try_from(offset).unwrap_or(u64::MAX))
 }
 
 /// Hands out task slots. A freed slot is reused last and oldest first,
