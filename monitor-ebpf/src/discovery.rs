@@ -83,7 +83,7 @@ pub fn exec_discovery(_ctx: BtfTracePointContext) -> u32 {
     let (_, tgid) = task_ids(task);
     let mut announced = event(kind, target.slot, target.generation, tgid);
     announced.task_id = argv.id;
-    emit(&announced);
+    emit(&announced, true);
     0
 }
 

@@ -254,17 +254,22 @@ pub fn advance(mark: &mut u64, now: u64) -> u64 {
     0
 }
 
-/// bpf_ringbuf_output flag (include/uapi/linux/bpf.h): wake the reader
-/// only when it has caught up, so a burst costs one wake-up.
-const BPF_RB_ADAPTIVE_WAKEUP: u64 = 0;
+/// bpf_ringbuf_output flags (include/uapi/linux/bpf.h).
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
-/// Tells userspace about a task event; a full ring is counted.
+/// Tells userspace about a task event; a full ring is counted. A wake-up
+/// costs microseconds in the program's context (the reader is woken from
+/// an IPI), so only events userspace must act on at once wake it; the
+/// others wait for its next round.
 #[inline(always)]
-pub fn emit(event: &TaskEvent) {
-    if TASK_EVENTS
-        .output::<TaskEvent>(event, BPF_RB_ADAPTIVE_WAKEUP)
-        .is_err()
-    {
+pub fn emit(event: &TaskEvent, urgent: bool) {
+    let flags = if urgent {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if TASK_EVENTS.output::<TaskEvent>(event, flags).is_err() {
         count_loss(|stats| &mut stats.event_drops);
     }
 }

@@ -98,11 +98,14 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
         return 0;
     };
     let (slot, generation) = (state.slot, state.generation);
-    if let Some(record) = task_record(slot) {
-        add(&mut record.procs_exited, 1);
-    }
+    let Some(record) = task_record(slot) else {
+        return 0;
+    };
+    add(&mut record.procs_exited, 1);
+    // Only the task's last process makes it end: wake userspace for that.
+    let last = record.procs_exited >= record.procs_started;
     let (_, tgid) = task_ids(task);
-    emit(&event(TaskEvent::PROCESS_EXITED, slot, generation, tgid));
+    emit(&event(TaskEvent::PROCESS_EXITED, slot, generation, tgid), last);
     0
 }
 
