@@ -13,7 +13,8 @@ use serde::Serialize;
 
 use super::{
     Backend,
-    run::{Context, kill_all, map_memory_bytes, start_many},
+    bpf::map_memory_bytes,
+    run::{Context, kill_all, start_many},
 };
 
 #[derive(Debug, Serialize)]
@@ -104,7 +105,7 @@ fn measure(
     let mut agent = agent.spawn().context("starting the agent")?;
     let pid = agent.id();
     thread::sleep(Duration::from_secs(3)); // attached and warmed up
-    let memory = map_memory_bytes();
+    let memory = map_memory_bytes(pid);
     let before = cpu_ns(pid)?;
     let started = Instant::now();
     thread::sleep(Duration::from_secs(seconds));

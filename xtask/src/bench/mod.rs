@@ -3,10 +3,13 @@
 //! Nothing here asserts a time: it reports.
 
 mod accuracy;
+mod bpf;
 mod footprint;
+mod peer;
 mod report;
 mod run;
 mod slowdown;
+mod targets;
 
 use std::{path::PathBuf, time::Instant};
 
@@ -25,13 +28,15 @@ pub struct BenchArgs {
         default_value = "slowdown,footprint,accuracy"
     )]
     parts: Vec<Part>,
-    /// Interleaved rounds of each slowdown comparison.
+    /// Interleaved rounds of each slowdown comparison (the pinned sched
+    /// pipe runs at least 10: its target is a median of 10 rounds).
     #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Seconds each footprint configuration is measured.
     #[arg(long, default_value_t = 15)]
     footprint_seconds: u64,
-    /// A short run to check the harness (2 rounds, 5 s footprints, small loads).
+    /// A short run to check the harness (2 rounds of every load, 5 s
+    /// footprints, small loads).
     #[arg(long)]
     quick: bool,
 }
@@ -99,11 +104,11 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         machine: report::Machine::read(),
         ..Results::default()
     };
-    let _stats = run::BpfStats::enable()?;
+    let _stats = bpf::BpfStats::enable()?;
     let context = run::Context::new(propmon, out_dir.clone());
     if args.parts.contains(&Part::Slowdown) {
-        eprintln!("bench: slowdown ({rounds} interleaved rounds per load)");
-        results.slowdown = slowdown::run(&context, rounds, scale)?;
+        eprintln!("bench: slowdown (at least {rounds} interleaved rounds per load)");
+        results.slowdown = slowdown::run(&context, rounds, scale, args.quick)?;
     }
     if args.parts.contains(&Part::Footprint) {
         eprintln!("bench: agent footprint ({footprint_seconds} s per configuration)");
