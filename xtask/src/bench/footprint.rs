@@ -132,7 +132,7 @@ fn measure(
     ))
 }
 
-fn terminate(pid: u32) -> std::io::Result<()> {
+pub(super) fn terminate(pid: u32) -> std::io::Result<()> {
     let status = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()?;
@@ -163,7 +163,7 @@ fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// A memory figure of `/proc/<pid>/status`, in bytes.
-fn memory_field(pid: u32, field: &str) -> anyhow::Result<u64> {
+pub(super) fn memory_field(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib: u64 = status
         .lines()

@@ -9,6 +9,7 @@ mod peer;
 mod report;
 mod run;
 mod slowdown;
+mod startup;
 mod targets;
 
 use std::{path::PathBuf, time::Instant};
@@ -36,7 +37,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 15)]
     footprint_seconds: u64,
     /// A short run to check the harness (2 rounds of every load, 5 s
-    /// footprints, small loads).
+    /// footprints, 3 start-ups, small loads).
     #[arg(long)]
     quick: bool,
 }
@@ -75,6 +76,7 @@ pub struct Results {
     pub machine: report::Machine,
     pub slowdown: Vec<slowdown::LoadResult>,
     pub footprint: Vec<footprint::FootprintResult>,
+    pub startup: Option<startup::StartupResult>,
     pub map_memory_bytes: Option<u64>,
     pub accuracy: Vec<accuracy::AccuracyResult>,
     pub seconds: f64,
@@ -115,6 +117,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         let (footprint, map_memory) = footprint::run(&context, footprint_seconds, args.quick)?;
         results.footprint = footprint;
         results.map_memory_bytes = map_memory;
+        let samples = if args.quick { 3 } else { 5 };
+        eprintln!("bench: agent start-up ({samples} starts)");
+        results.startup = Some(startup::run(&context, samples)?);
     }
     if args.parts.contains(&Part::Accuracy) {
         eprintln!("bench: accuracy");

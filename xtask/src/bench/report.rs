@@ -9,6 +9,7 @@ use super::{
     footprint::FootprintResult,
     peer::Peer,
     slowdown::{LoadResult, ProgramRun, Variant},
+    startup::StartupResult,
     targets,
 };
 
@@ -86,6 +87,9 @@ pub fn markdown(results: &Results) -> String {
     }
     if !results.footprint.is_empty() {
         footprint_section(&mut out, &results.footprint, results.map_memory_bytes);
+    }
+    if let Some(startup) = &results.startup {
+        startup_section(&mut out, startup);
     }
     if !results.accuracy.is_empty() {
         accuracy_section(&mut out, results);
@@ -249,6 +253,30 @@ fn footprint_section(out: &mut String, results: &[FootprintResult], map_memory: 
         );
     }
     let _ = writeln!(out);
+}
+
+fn startup_section(out: &mut String, startup: &StartupResult) {
+    let _ = writeln!(out, "## Agent start-up (eBPF, 1 task)\n");
+    let _ = writeln!(
+        out,
+        "From spawning `propmon agent --attach` to its log line \"propmon agent started\" \
+         (printed once every program is loaded and attached), and the peak resident memory \
+         (VmHWM) once it has printed its first message; median [min, max] of {} starts.\n",
+        startup.samples
+    );
+    let (time, peak) = (&startup.attach_seconds, &startup.peak_rss_bytes);
+    let _ = writeln!(out, "| time to attached | peak RSS |");
+    let _ = writeln!(out, "|---|---|");
+    let _ = writeln!(
+        out,
+        "| {:.0} ms [{:.0}, {:.0}] | {:.1} MB [{:.1}, {:.1}] |\n",
+        time.median * 1e3,
+        time.min * 1e3,
+        time.max * 1e3,
+        peak.median / 1e6,
+        peak.min / 1e6,
+        peak.max / 1e6
+    );
 }
 
 fn accuracy_section(out: &mut String, results: &Results) {

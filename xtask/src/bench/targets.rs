@@ -199,6 +199,25 @@ fn footprint_rows(rows: &mut Vec<Row>, results: &Results) {
             verdict: at_most(mb, 15.0, |x| format!("{x:.1} MB")),
         });
     }
+    startup_rows(rows, results);
+}
+
+fn startup_rows(rows: &mut Vec<Row>, results: &Results) {
+    let Some(startup) = &results.startup else {
+        return;
+    };
+    let mb = startup.peak_rss_bytes.median / 1e6;
+    rows.push(Row {
+        target: "peak RSS at start-up ≤ 20 MB (1 task)".to_owned(),
+        measured: format!("{mb:.1} MB"),
+        verdict: at_most(mb, 20.0, |x| format!("{x:.1} MB")),
+    });
+    let ms = startup.attach_seconds.median * 1e3;
+    rows.push(Row {
+        target: "agent start to programs attached ≤ 300 ms".to_owned(),
+        measured: format!("{ms:.0} ms"),
+        verdict: at_most(ms, 300.0, |x| format!("{x:.0} ms")),
+    });
 }
 
 fn accuracy_rows(rows: &mut Vec<Row>, results: &Results) {
