@@ -10,7 +10,9 @@ use crate::{is_root, status, which};
 
 /// Debian packages: LLVM 22 for bpf-linker (rustc's LLVM is 22), tools the
 /// tests and benchmarks use (bpftool, a real MQTT broker, iproute2 for
-/// network namespaces, openssl for the TLS test's certificates).
+/// network namespaces, openssl for the TLS test's certificates), and the
+/// bench's standard load and peer tracer (`perf bench sched pipe` from
+/// linux-perf, bpftrace one-liners; `taskset` comes with util-linux).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -19,6 +21,8 @@ const APT_PACKAGES: &[&str] = &[
     "mosquitto-clients",
     "iproute2",
     "openssl",
+    "linux-perf",
+    "bpftrace",
 ];
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 

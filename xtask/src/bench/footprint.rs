@@ -13,7 +13,8 @@ use serde::Serialize;
 
 use super::{
     Backend,
-    run::{Context, kill_all, map_memory_bytes, start_many},
+    bpf::map_memory_bytes,
+    run::{Context, kill_all, start_many},
 };
 
 #[derive(Debug, Serialize)]
@@ -104,7 +105,7 @@ fn measure(
     let mut agent = agent.spawn().context("starting the agent")?;
     let pid = agent.id();
     thread::sleep(Duration::from_secs(3)); // attached and warmed up
-    let memory = map_memory_bytes();
+    let memory = map_memory_bytes(pid);
     let before = cpu_ns(pid)?;
     let started = Instant::now();
     thread::sleep(Duration::from_secs(seconds));
@@ -131,7 +132,7 @@ fn measure(
     ))
 }
 
-fn terminate(pid: u32) -> std::io::Result<()> {
+pub(super) fn terminate(pid: u32) -> std::io::Result<()> {
     let status = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()?;
@@ -162,7 +163,7 @@ fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// A memory figure of `/proc/<pid>/status`, in bytes.
-fn memory_field(pid: u32, field: &str) -> anyhow::Result<u64> {
+pub(super) fn memory_field(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib: u64 = status
         .lines()

@@ -3,10 +3,14 @@
 //! Nothing here asserts a time: it reports.
 
 mod accuracy;
+mod bpf;
 mod footprint;
+mod peer;
 mod report;
 mod run;
 mod slowdown;
+mod startup;
+mod targets;
 
 use std::{path::PathBuf, time::Instant};
 
@@ -25,13 +29,15 @@ pub struct BenchArgs {
         default_value = "slowdown,footprint,accuracy"
     )]
     parts: Vec<Part>,
-    /// Interleaved rounds of each slowdown comparison.
+    /// Interleaved rounds of each slowdown comparison (the pinned sched
+    /// pipe runs at least 10: its target is a median of 10 rounds).
     #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Seconds each footprint configuration is measured.
     #[arg(long, default_value_t = 15)]
     footprint_seconds: u64,
-    /// A short run to check the harness (2 rounds, 5 s footprints, small loads).
+    /// A short run to check the harness (2 rounds of every load, 5 s
+    /// footprints, 3 start-ups, small loads).
     #[arg(long)]
     quick: bool,
 }
@@ -70,6 +76,7 @@ pub struct Results {
     pub machine: report::Machine,
     pub slowdown: Vec<slowdown::LoadResult>,
     pub footprint: Vec<footprint::FootprintResult>,
+    pub startup: Option<startup::StartupResult>,
     pub map_memory_bytes: Option<u64>,
     pub accuracy: Vec<accuracy::AccuracyResult>,
     pub seconds: f64,
@@ -99,17 +106,20 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         machine: report::Machine::read(),
         ..Results::default()
     };
-    let _stats = run::BpfStats::enable()?;
+    let _stats = bpf::BpfStats::enable()?;
     let context = run::Context::new(propmon, out_dir.clone());
     if args.parts.contains(&Part::Slowdown) {
-        eprintln!("bench: slowdown ({rounds} interleaved rounds per load)");
-        results.slowdown = slowdown::run(&context, rounds, scale)?;
+        eprintln!("bench: slowdown (at least {rounds} interleaved rounds per load)");
+        results.slowdown = slowdown::run(&context, rounds, scale, args.quick)?;
     }
     if args.parts.contains(&Part::Footprint) {
         eprintln!("bench: agent footprint ({footprint_seconds} s per configuration)");
         let (footprint, map_memory) = footprint::run(&context, footprint_seconds, args.quick)?;
         results.footprint = footprint;
         results.map_memory_bytes = map_memory;
+        let samples = if args.quick { 3 } else { 5 };
+        eprintln!("bench: agent start-up ({samples} starts)");
+        results.startup = Some(startup::run(&context, samples)?);
     }
     if args.parts.contains(&Part::Accuracy) {
         eprintln!("bench: accuracy");

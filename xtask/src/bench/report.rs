@@ -1,10 +1,17 @@
-//! The Markdown report, with the targets of the benchmark issue marked.
+//! The Markdown report; the targets are in `targets`.
 
-use std::{fmt::Write as _, process::Command};
+use std::{collections::BTreeSet, fmt::Write as _, process::Command};
 
 use serde::Serialize;
 
-use super::{Backend, Results, footprint::FootprintResult, slowdown::LoadResult};
+use super::{
+    Backend, Results,
+    footprint::FootprintResult,
+    peer::Peer,
+    slowdown::{LoadResult, ProgramRun, Variant},
+    startup::StartupResult,
+    targets,
+};
 
 #[derive(Debug, Default, Serialize)]
 pub struct Machine {
@@ -57,12 +64,8 @@ pub fn now_rfc3339() -> String {
     command_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"])
 }
 
-fn percent(ratio: f64) -> String {
+pub fn percent(ratio: f64) -> String {
     format!("{:+.1}%", (ratio - 1.0) * 100.0)
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met { "**met**" } else { "**not met**" }
 }
 
 pub fn markdown(results: &Results) -> String {
@@ -85,10 +88,13 @@ pub fn markdown(results: &Results) -> String {
     if !results.footprint.is_empty() {
         footprint_section(&mut out, &results.footprint, results.map_memory_bytes);
     }
+    if let Some(startup) = &results.startup {
+        startup_section(&mut out, startup);
+    }
     if !results.accuracy.is_empty() {
         accuracy_section(&mut out, results);
     }
-    targets_section(&mut out, results);
+    targets::section(&mut out, results);
     out
 }
 
@@ -96,52 +102,118 @@ fn slowdown_section(out: &mut String, loads: &[LoadResult]) {
     let _ = writeln!(out, "## Workload slowdown\n");
     let _ = writeln!(
         out,
-        "Time per operation with the agent tracking the load (intensive profile) over time per \
-         operation alone, in the same round; median [min, max] over the rounds.\n"
+        "Time per operation beside each tracer over time per operation alone, in the same \
+         round; median [min, max] over the rounds. propmon tracks the load with the intensive \
+         profile (everything collected); the bpftrace peers are the one-liners of BENCHMARKS.md.\n"
     );
-    let _ = writeln!(out, "| load | alone | eBPF agent | sysinfo agent |");
-    let _ = writeln!(out, "|---|---|---|---|");
-    for load in loads {
-        let _ = writeln!(
-            out,
-            "| {} | {:.0} {}/s | {} [{}, {}] | {} [{}, {}] |",
-            load.load,
-            load.baseline_ops_per_second,
-            load.unit,
-            percent(load.ebpf_ratio.median),
-            percent(load.ebpf_ratio.min),
-            percent(load.ebpf_ratio.max),
-            percent(load.sysinfo_ratio.median),
-            percent(load.sysinfo_ratio.min),
-            percent(load.sysinfo_ratio.max),
-        );
+    let tracers = &Variant::ALL[1..];
+    let mut header = "| load | rounds | alone |".to_owned();
+    for variant in tracers {
+        let _ = write!(header, " {} |", variant.title());
     }
-    let _ = writeln!(out, "\n## Cost per kernel event\n");
+    let _ = writeln!(out, "{header}");
+    let _ = writeln!(out, "|---|---|---|{}", "---|".repeat(tracers.len()));
+    for load in loads {
+        let mut row = format!(
+            "| {} | {} | {} per {} ({:.0}/s) |",
+            load.load,
+            load.rounds,
+            duration(load.baseline_seconds_per_operation),
+            load.unit,
+            load.baseline_ops_per_second,
+        );
+        for variant in tracers {
+            let cell = load
+                .ratios
+                .get(variant.key())
+                .map_or("n/a".to_owned(), |spread| {
+                    format!(
+                        "{} [{}, {}]",
+                        percent(spread.median),
+                        percent(spread.min),
+                        percent(spread.max)
+                    )
+                });
+            let _ = write!(row, " {cell} |");
+        }
+        let _ = writeln!(out, "{row}");
+    }
+    let _ = writeln!(out);
+    per_event_section(out, loads);
+}
+
+/// The tracers whose programs the per-event table puts side by side.
+const SIDE_BY_SIDE: [Variant; 2] = [
+    Variant::Propmon(Backend::Ebpf),
+    Variant::Bpftrace(Peer::CpuNetwork),
+];
+
+fn per_event_section(out: &mut String, loads: &[LoadResult]) {
+    let _ = writeln!(out, "## Cost per kernel event\n");
     let _ = writeln!(
         out,
-        "Program runs during each load under the eBPF agent (`kernel.bpf_stats_enabled=1`): \
-         events per second of load, mean ns per run, and the share of one CPU the programs took.\n"
+        "Program runs during each load (run-time statistics on, `BPF_ENABLE_STATS`), propmon eBPF beside \
+         bpftrace (CPU + network): runs per second of load, mean ns per run, and the share of \
+         one CPU the program took. `sampling_pass` runs once per thread of the host per round, \
+         inside the agent's read(): its cost is also in the agent's CPU (footprint).\n"
     );
-    let _ = writeln!(out, "| load | program | events/s | ns/event | CPU share |");
-    let _ = writeln!(out, "|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| load | program | propmon runs/s | propmon ns/run | propmon CPU | bpftrace runs/s | bpftrace ns/run | bpftrace CPU |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
     for load in loads {
-        let seconds = load.ebpf_seconds.max(1e-9);
-        for (program, stats) in &load.programs {
-            if stats.run_count == 0 {
+        let runs: Vec<Option<&ProgramRun>> = SIDE_BY_SIDE
+            .iter()
+            .map(|variant| load.programs.get(variant.key()))
+            .collect();
+        let names: BTreeSet<&String> = runs
+            .iter()
+            .flatten()
+            .flat_map(|run| run.programs.keys())
+            .collect();
+        for name in names {
+            let cells: Vec<Option<String>> = runs
+                .iter()
+                .map(|run| run.and_then(|run| event_cells(run, name)))
+                .collect();
+            if cells.iter().all(Option::is_none) {
                 continue;
             }
+            let dash = "– | – | –".to_owned();
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.0} | {:.0} | {:.2}% |",
+                "| {} | {} | {} | {} |",
                 load.load,
-                program,
-                stats.run_count as f64 / seconds,
-                stats.run_time_ns as f64 / stats.run_count as f64,
-                stats.run_time_ns as f64 / 1e9 / seconds * 100.0
+                name,
+                cells[0].clone().unwrap_or_else(|| dash.clone()),
+                cells[1].clone().unwrap_or(dash),
             );
         }
     }
     let _ = writeln!(out);
+}
+
+/// Runs/s, ns/run and CPU share of one program, if it ran.
+fn event_cells(run: &ProgramRun, name: &str) -> Option<String> {
+    let stats = run.programs.get(name)?;
+    let ns = stats.ns_per_run()?;
+    let seconds = run.seconds.max(1e-9);
+    Some(format!(
+        "{:.0} | {:.0} | {:.2}%",
+        stats.run_count as f64 / seconds,
+        ns,
+        stats.run_time_ns as f64 / 1e9 / seconds * 100.0
+    ))
+}
+
+/// A time per operation, in a unit that keeps three digits or so.
+fn duration(seconds: f64) -> String {
+    match seconds {
+        s if s >= 1e-3 => format!("{:.2} ms", s * 1e3),
+        s if s >= 1e-6 => format!("{:.2} us", s * 1e6),
+        s => format!("{:.3} ns", s * 1e9),
+    }
 }
 
 fn footprint_section(out: &mut String, results: &[FootprintResult], map_memory: Option<u64>) {
@@ -175,11 +247,36 @@ fn footprint_section(out: &mut String, results: &[FootprintResult], map_memory: 
     if let Some(bytes) = map_memory {
         let _ = writeln!(
             out,
-            "\nKernel memory of propmon's maps: {:.1} MB (bpftool `bytes_memlock`).",
+            "\nKernel memory of propmon's maps: {:.1} MB (`memlock` of the agent's map fds, \
+             bpftool's `bytes_memlock`).",
             bytes as f64 / 1e6
         );
     }
     let _ = writeln!(out);
+}
+
+fn startup_section(out: &mut String, startup: &StartupResult) {
+    let _ = writeln!(out, "## Agent start-up (eBPF, 1 task)\n");
+    let _ = writeln!(
+        out,
+        "From spawning `propmon agent --attach` to its log line \"propmon agent started\" \
+         (printed once every program is loaded and attached), and the peak resident memory \
+         (VmHWM) once it has printed its first message; median [min, max] of {} starts.\n",
+        startup.samples
+    );
+    let (time, peak) = (&startup.attach_seconds, &startup.peak_rss_bytes);
+    let _ = writeln!(out, "| time to attached | peak RSS |");
+    let _ = writeln!(out, "|---|---|");
+    let _ = writeln!(
+        out,
+        "| {:.0} ms [{:.0}, {:.0}] | {:.1} MB [{:.1}, {:.1}] |\n",
+        time.median * 1e3,
+        time.min * 1e3,
+        time.max * 1e3,
+        peak.median / 1e6,
+        peak.min / 1e6,
+        peak.max / 1e6
+    );
 }
 
 fn accuracy_section(out: &mut String, results: &Results) {
@@ -206,105 +303,6 @@ fn accuracy_section(out: &mut String, results: &Results) {
             show(r.storm_cpu_captured_percent),
             show(r.storm_bytes_captured_percent),
             show(r.storm_processes_captured_percent),
-        );
-    }
-    let _ = writeln!(out);
-}
-
-fn targets_section(out: &mut String, results: &Results) {
-    let _ = writeln!(out, "## Targets\n");
-    let _ = writeln!(out, "| target | measured | verdict |");
-    let _ = writeln!(out, "|---|---|---|");
-    let load = |name: &str| results.slowdown.iter().find(|l| l.load.starts_with(name));
-    for (prefix, limit) in [
-        ("context-switch", 0.02),
-        ("loopback TCP", 0.01),
-        ("synchronous", 0.01),
-    ] {
-        if let Some(l) = load(prefix) {
-            let slowdown = l.ebpf_ratio.median - 1.0;
-            let _ = writeln!(
-                out,
-                "| eBPF slowdown ≤ {:.0}% on {} | {} | {}{} |",
-                limit * 100.0,
-                l.load,
-                percent(l.ebpf_ratio.median),
-                verdict(slowdown <= limit),
-                if slowdown > limit {
-                    format!(" (by {:.1} points)", (slowdown - limit) * 100.0)
-                } else {
-                    String::new()
-                }
-            );
-        }
-    }
-    let footprint = |tasks: usize, busy: usize| {
-        results.footprint.iter().find(|r| {
-            r.backend == Backend::Ebpf
-                && r.tracked_tasks == tasks
-                && r.untracked_busy_processes == busy
-        })
-    };
-    if let Some(r) = footprint(100, 0) {
-        let _ = writeln!(
-            out,
-            "| agent CPU ≤ 0.5% of a core with 100 tasks | {:.2}% | {} |",
-            r.cpu_percent,
-            verdict(r.cpu_percent <= 0.5)
-        );
-        let _ = writeln!(
-            out,
-            "| agent RSS ≤ 15 MB with 100 tasks | {:.1} MB (own {:.1} MB; peak {:.1} MB at start-up) | {} |",
-            r.rss_bytes as f64 / 1e6,
-            r.anon_rss_bytes as f64 / 1e6,
-            r.peak_rss_bytes as f64 / 1e6,
-            verdict(r.rss_bytes <= 15_000_000)
-        );
-        if let Some(busy) = results.footprint.iter().find(|x| {
-            x.backend == Backend::Ebpf && x.tracked_tasks == 100 && x.untracked_busy_processes > 0
-        }) {
-            let growth = busy.cpu_percent - r.cpu_percent;
-            let _ = writeln!(
-                out,
-                "| agent cost flat in untracked processes (within 0.1 points) | {:+.3} points with {} busy | {} |",
-                growth,
-                busy.untracked_busy_processes,
-                verdict(growth.abs() <= 0.1)
-            );
-        }
-    }
-    if let Some(r) = results
-        .accuracy
-        .iter()
-        .find(|r| r.backend == Some(Backend::Ebpf))
-    {
-        let exact = |v: Option<f64>| v.is_some_and(|v| v < 0.01);
-        let _ = writeln!(
-            out,
-            "| network exact | {:.4}% | {} |",
-            r.network_error_percent.unwrap_or(f64::NAN),
-            verdict(exact(r.network_error_percent))
-        );
-        let disk = r
-            .disk_read_error_percent
-            .unwrap_or(f64::NAN)
-            .max(r.disk_write_error_percent.unwrap_or(f64::NAN));
-        let _ = writeln!(
-            out,
-            "| disk exact (vs /proc/<pid>/io) | {disk:.4}% | {} |",
-            verdict(disk < 0.01)
-        );
-        let cpu = r.cpu_error_percent.unwrap_or(f64::NAN);
-        let _ = writeln!(
-            out,
-            "| CPU within 1% | {cpu:.2}% | {} |",
-            verdict(cpu <= 1.0)
-        );
-        let captured = r.storm_processes_captured_percent.unwrap_or(0.0);
-        let _ = writeln!(
-            out,
-            "| 100% of short-lived processes captured | {captured:.1}% | {} |",
-            verdict(captured >= 99.999)
         );
     }
     let _ = writeln!(out);
