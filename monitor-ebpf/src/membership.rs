@@ -9,8 +9,9 @@
 //!   grandchildren, re-parented daemons, 1 ms processes and io_uring
 //!   workers are all counted. A thread marked as a spawner (`propmon run`)
 //!   starts the task with the first thread it creates.
-//! - `sched_process_exit` (the exiting thread's context): the last thread
-//!   of a process counts it out and tells userspace.
+//! - `sched_process_exit` (the exiting thread's context): what the thread
+//!   consumed so far is charged; the last thread of a process counts it
+//!   out and tells userspace.
 //! - `sched_process_free` (RCU callback, softirq): the thread can no longer
 //!   run and its counters are final: its last part is charged (the cost of
 //!   exiting included) and it counts as released. Its storage goes with it.
@@ -90,22 +91,28 @@ pub fn count_joined(task: u64, slot: u32) {
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
     let task: u64 = ctx.arg::<u64>(0);
-    let group_dead = ctx.arg::<u64>(1) & 0xff != 0;
-    if !group_dead {
-        return 0;
-    }
-    let Some((state, _)) = member(task) else {
+    let Some((state, config)) = member(task) else {
         return 0;
     };
     let (slot, generation) = (state.slot, state.generation);
     let Some(record) = task_record(slot) else {
         return 0;
     };
+    // Its release may come seconds later (RCU callbacks can be lazy): what
+    // it consumed until now shows in the next messages already.
+    charge(task, state, config.flags, record);
+    let group_dead = ctx.arg::<u64>(1) & 0xff != 0;
+    if !group_dead {
+        return 0;
+    }
     add(&mut record.procs_exited, 1);
     // Only the task's last process makes it end: wake userspace for that.
     let last = record.procs_exited >= record.procs_started;
     let (_, tgid) = task_ids(task);
-    emit(&event(TaskEvent::PROCESS_EXITED, slot, generation, tgid), last);
+    emit(
+        &event(TaskEvent::PROCESS_EXITED, slot, generation, tgid),
+        last,
+    );
     0
 }
 

@@ -602,6 +602,9 @@ impl Engine {
             }
         };
         let mut ended = totals.live_threads == 0;
+        if !ended && totals.live_processes == 0 {
+            self.backend.hasten_releases();
+        }
         for task in self.tasks.values_mut().filter(|task| task.slot == slot) {
             if ended || totals.live_processes > 0 {
                 task.processes_gone_since = None;

@@ -93,6 +93,10 @@ pub trait Backend: Send {
     /// New losses (records the kernel could not make), as a log line.
     fn new_losses(&mut self) -> Option<String>;
 
+    /// Some task's processes all exited and it waits for their threads'
+    /// release: have the kernel run its pending releases now.
+    fn hasten_releases(&mut self) {}
+
     /// Whether the backend took up the kernel state a previous agent left.
     fn resumed(&self) -> bool {
         false

@@ -171,6 +171,7 @@ pub struct EbpfBackend {
     resumed: bool,
     /// Whether the kernel state is pinned for the next agent.
     pinned: bool,
+    releases: ReleaseFlusher,
 }
 
 impl EbpfBackend {
@@ -263,6 +264,7 @@ impl EbpfBackend {
             reported,
             resumed: pins.as_ref().is_some_and(|pins| pins.resumed()),
             pinned: pins.is_some(),
+            releases: ReleaseFlusher::default(),
         })
     }
 
@@ -545,6 +547,10 @@ impl Backend for EbpfBackend {
         self.pinned
     }
 
+    fn hasten_releases(&mut self) {
+        self.releases.flush();
+    }
+
     fn live_generation(&self, slot: u32) -> Option<u32> {
         let config = (slot < MAX_TASKS).then(|| self.config.get(slot))?;
         (config.flags & slot::IN_USE != 0).then_some(config.generation)
@@ -610,6 +616,46 @@ impl Backend for EbpfBackend {
             ));
         }
         (!lines.is_empty()).then(|| lines.join("; "))
+    }
+}
+
+/// A thread is released (and its last part charged, `sched_process_free`)
+/// in an RCU callback, which kernels with `CONFIG_RCU_LAZY` may hold back
+/// for seconds to save power. A task whose processes all exited waits for
+/// those releases before its final message: ask the kernel to run its
+/// pending callbacks (`rcu_barrier()`, through rcutree's `do_rcu_barrier`
+/// parameter, Linux 6.7+), at most every 200 ms, off the sampling loop.
+#[derive(Default)]
+struct ReleaseFlusher {
+    last: Option<std::time::Instant>,
+    unavailable: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+const RCU_BARRIER: &str = "/sys/module/rcutree/parameters/do_rcu_barrier";
+
+impl ReleaseFlusher {
+    fn flush(&mut self) {
+        let now = std::time::Instant::now();
+        if self.unavailable.load(Ordering::Relaxed)
+            || self
+                .last
+                .is_some_and(|at| now.duration_since(at) < std::time::Duration::from_millis(200))
+        {
+            return;
+        }
+        self.last = Some(now);
+        let unavailable = self.unavailable.clone();
+        let spawned = std::thread::Builder::new()
+            .name("rcu-barrier".into())
+            .spawn(move || {
+                if std::fs::write(RCU_BARRIER, "1").is_err() {
+                    // Older kernel: the final message waits for the releases.
+                    unavailable.store(true, Ordering::Relaxed);
+                }
+            });
+        if spawned.is_err() {
+            self.unavailable.store(true, Ordering::Relaxed);
+        }
     }
 }
 
