@@ -12,7 +12,7 @@ pub mod ebpf;
 pub mod procfs;
 pub mod sysinfo;
 
-use monitor_common::{NET_BUCKETS, NetBucket};
+use monitor_common::{KernelStats, NET_BUCKETS, NetBucket};
 
 use crate::{message::Source, profiles::MonitoringProfile};
 
@@ -92,6 +92,12 @@ pub trait Backend: Send {
 
     /// New losses (records the kernel could not make), as a log line.
     fn new_losses(&mut self) -> Option<String>;
+
+    /// The kernel side's health counters since its maps were made, if the
+    /// backend has a kernel side (read-only; for `/metrics`).
+    fn kernel_stats(&self) -> Option<KernelStats> {
+        None
+    }
 
     /// Whether the backend took up the kernel state a previous agent left.
     fn resumed(&self) -> bool {
