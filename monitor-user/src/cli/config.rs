@@ -104,8 +104,11 @@ impl ConfigFile {
         if listen.listen.is_none()
             && let Some(text) = &self.listen
         {
-            let addr = crate::export::http::ListenAddr::parse(text).map_err(anyhow::Error::msg);
-            listen.listen = Some(addr.context("configuration key listen")?);
+            // Checked here, so that a mistake names the key.
+            crate::export::http::ListenAddr::parse(text)
+                .map_err(anyhow::Error::msg)
+                .context("configuration key listen")?;
+            listen.listen = Some(text.clone());
         }
         if listen.listen_non_loopback.is_none() {
             listen.listen_non_loopback = self.listen_non_loopback;

@@ -260,10 +260,9 @@ pub struct ListenArgs {
         value_name = "ADDR",
         env = "PROPMON_LISTEN",
         num_args = 0..=1,
-        default_missing_value = crate::export::http::DEFAULT_LISTEN,
-        value_parser = ListenAddr::parse
+        default_missing_value = crate::export::http::DEFAULT_LISTEN
     )]
-    pub listen: Option<ListenAddr>,
+    pub listen: Option<String>,
     /// Let --listen bind an address other than loopback: whoever can reach
     /// it reads every task's id and figures.
     #[arg(
@@ -281,9 +280,17 @@ impl ListenArgs {
     /// Where to listen, if anywhere; an address reachable from other hosts
     /// only when asked for explicitly.
     pub fn settings(&self) -> anyhow::Result<Option<ListenAddr>> {
-        let Some(addr) = &self.listen else {
+        // Empty (e.g. `PROPMON_LISTEN=` in an environment file): off.
+        let Some(text) = self
+            .listen
+            .as_deref()
+            .filter(|text| !text.trim().is_empty())
+        else {
             return Ok(None);
         };
+        let addr = ListenAddr::parse(text)
+            .map_err(anyhow::Error::msg)
+            .context("--listen")?;
         if !addr.is_local() && !self.listen_non_loopback.unwrap_or(false) {
             bail!(
                 "--listen {addr} is not a loopback address: anyone who can reach it would read \
