@@ -150,6 +150,11 @@ impl Engine {
         self.tasks.len()
     }
 
+    /// The kernel side's health counters, if the backend has one.
+    pub fn kernel_stats(&self) -> Option<monitor_common::KernelStats> {
+        self.backend.kernel_stats()
+    }
+
     pub fn sink_mut(&mut self) -> &mut dyn Sink {
         self.sink.as_mut()
     }

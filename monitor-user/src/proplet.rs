@@ -68,12 +68,7 @@ impl PropletReporter {
     /// User and system CPU seconds of the agent since it started.
     #[cfg(unix)]
     fn own_cpu_seconds(&mut self) -> (f64, f64) {
-        use nix::sys::resource::{UsageWho, getrusage};
-        let Ok(usage) = getrusage(UsageWho::RUSAGE_SELF) else {
-            return (0.0, 0.0);
-        };
-        let seconds = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
-        (seconds(usage.user_time()), seconds(usage.system_time()))
+        own_cpu_seconds()
     }
 
     #[cfg(not(unix))]
@@ -113,6 +108,18 @@ impl PropletReporter {
         system.refresh_cpu_usage();
         (f64::from(system.global_cpu_usage()) * 100.0).round() / 100.0
     }
+}
+
+/// User and system CPU seconds of the agent (all its threads) since it
+/// started.
+#[cfg(unix)]
+pub fn own_cpu_seconds() -> (f64, f64) {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let Ok(usage) = getrusage(UsageWho::RUSAGE_SELF) else {
+        return (0.0, 0.0);
+    };
+    let seconds = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+    (seconds(usage.user_time()), seconds(usage.system_time()))
 }
 
 fn round_micros(seconds: f64) -> f64 {

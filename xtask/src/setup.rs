@@ -10,8 +10,9 @@ use crate::{is_root, status, which};
 
 /// Debian packages: LLVM 22 for bpf-linker (rustc's LLVM is 22), tools the
 /// tests and benchmarks use (bpftool, a real MQTT broker, iproute2 for
-/// network namespaces, openssl for the TLS test's certificates), and the
-/// bench's standard load and peer tracer (`perf bench sched pipe` from
+/// network namespaces, openssl for the TLS test's certificates, a real
+/// Prometheus and promtool for the dashboard's queries and `/metrics`), and
+/// the bench's standard load and peer tracer (`perf bench sched pipe` from
 /// linux-perf, bpftrace one-liners; `taskset` comes with util-linux).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
@@ -23,6 +24,7 @@ const APT_PACKAGES: &[&str] = &[
     "openssl",
     "linux-perf",
     "bpftrace",
+    "prometheus",
 ];
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 

@@ -20,6 +20,8 @@ use crate::{
     engine::{Engine, task_spec},
     export::{
         self, Fanout, Outgoing, Sink,
+        http::{HttpServer, ListenAddr},
+        latest::{Health, Latest},
         mqtt::{Incoming, MqttSettings},
         stdout::StdoutSink,
     },
@@ -102,6 +104,8 @@ pub struct AgentSettings {
     pub max_tasks: u32,
     /// A started task whose process has not appeared after this long ends.
     pub discovery_timeout: Duration,
+    /// Where to serve /metrics and /api/v1/tasks.
+    pub listen: Option<ListenAddr>,
 }
 
 /// Default `--discovery-timeout`.
@@ -166,6 +170,9 @@ impl AgentSettings {
         let propeller = args.propeller.or(file.propeller).unwrap_or(false);
         let mut mqtt_args = args.mqtt;
         file.fill_mqtt(&mut mqtt_args)?;
+        let mut listen = args.listen;
+        file.fill_listen(&mut listen)?;
+        let listen = listen.settings()?;
         let subscribe: &[&str] = if propeller {
             &[propeller::START_PATH, propeller::STOP_PATH]
         } else {
@@ -222,6 +229,7 @@ impl AgentSettings {
             discovery_timeout,
             state_dir: args.state_dir.or(file.state_dir),
             max_tasks,
+            listen,
         })
     }
 
@@ -345,6 +353,16 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
         control = Some(incoming);
         flusher = Some(flush);
     }
+    let http = match &settings.listen {
+        Some(addr) => {
+            let health =
+                Health::starting(&settings.proplet_id, backend.source(), settings.max_tasks);
+            let server = export::http::start(addr, Latest::new(health))?;
+            sinks.push(Box::new(server.latest().sink()));
+            Some(server)
+        }
+        None => None,
+    };
     let mut engine = Engine::new(backend, Box::new(Fanout(sinks)), settings.max_tasks);
     tracing::info!("propmon agent started ({:?} backend)", engine.source());
     // Started tasks that may turn out to run inside the proplet process.
@@ -368,6 +386,7 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
         }
     }
     save_state(&mut engine, state.as_ref());
+    report_health(&mut engine, &settings, http.as_ref());
     let mut proplet = settings
         .enable_monitoring
         .then(|| PropletReporter::new(settings.proplet_id.clone(), settings.namespace.clone()));
@@ -437,7 +456,9 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
             }
         }
         save_state(&mut engine, state.as_ref());
+        report_health(&mut engine, &settings, http.as_ref());
     }
+    drop(http);
     drop(engine); // detaches the programs
     if let Some(flusher) = flusher
         && !flusher.flush(FLUSH_DEADLINE).await
@@ -445,6 +466,19 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
         tracing::warn!("the MQTT broker did not take every message before exit");
     }
     Ok(())
+}
+
+/// The agent's own state, for `/metrics`, as of this round.
+fn report_health(engine: &mut Engine, settings: &AgentSettings, http: Option<&HttpServer>) {
+    let Some(http) = http else { return };
+    http.latest().set_health(Health {
+        proplet_id: settings.proplet_id.clone(),
+        source: engine.source(),
+        tasks: engine.task_count() as u64,
+        task_slots: u64::from(settings.max_tasks),
+        dropped_messages: engine.sink_mut().dropped(),
+        kernel: engine.kernel_stats(),
+    });
 }
 
 async fn recv(control: &mut Option<mpsc::UnboundedReceiver<Incoming>>) -> Option<Incoming> {
@@ -683,6 +717,7 @@ mod tests {
             discovery_timeout: DEFAULT_DISCOVERY_TIMEOUT,
             state_dir: None,
             max_tasks: monitor_common::MAX_TASKS,
+            listen: None,
         };
         assert_eq!(
             settings.profile_for(None, true),

@@ -10,6 +10,7 @@
 //! enable_monitoring = true
 //! profile = "standard"
 //! attach = ["web=1234,profile=real_time_api"]
+//! listen = "127.0.0.1:9464"
 //! ```
 
 use std::path::Path;
@@ -58,6 +59,10 @@ pub struct ConfigFile {
     pub state_dir: Option<std::path::PathBuf>,
     /// Tasks monitored at once.
     pub max_tasks: Option<u32>,
+    /// Where to serve /metrics and /api/v1/tasks, e.g. "127.0.0.1:9464".
+    pub listen: Option<String>,
+    /// Allow `listen` on an address other than loopback.
+    pub listen_non_loopback: Option<bool>,
 }
 
 impl ConfigFile {
@@ -94,6 +99,23 @@ impl ConfigFile {
 }
 
 impl ConfigFile {
+    /// Fills the listener settings the flags and environment left unset.
+    pub fn fill_listen(&self, listen: &mut super::ListenArgs) -> anyhow::Result<()> {
+        if listen.listen.is_none()
+            && let Some(text) = &self.listen
+        {
+            // Checked here, so that a mistake names the key.
+            crate::export::http::ListenAddr::parse(text)
+                .map_err(anyhow::Error::msg)
+                .context("configuration key listen")?;
+            listen.listen = Some(text.clone());
+        }
+        if listen.listen_non_loopback.is_none() {
+            listen.listen_non_loopback = self.listen_non_loopback;
+        }
+        Ok(())
+    }
+
     /// Reads and parses the file (at most [`MAX_FILE_BYTES`](crate::input::MAX_FILE_BYTES)).
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = crate::input::read_text_file(path)
@@ -178,6 +200,28 @@ mod tests {
             .fill_mqtt(&mut super::super::MqttArgs::default())
             .unwrap_err();
         assert!(err.to_string().contains("out of range"), "{err}");
+    }
+
+    #[test]
+    fn listen_keys_fill_what_flags_left_unset() {
+        let listen = |text: &str| {
+            let mut listen = super::super::ListenArgs::default();
+            ConfigFile::parse(text)?.fill_listen(&mut listen)?;
+            listen.settings()
+        };
+        let addr = listen("listen = \"[::1]:9464\"").unwrap().unwrap();
+        assert_eq!(addr.to_string(), "[::1]:9464");
+        assert!(listen("").unwrap().is_none(), "off unless asked for");
+        let err = format!("{:#}", listen("listen = \":9464\"").unwrap_err());
+        assert!(
+            err.starts_with("configuration key listen: \":9464\": expected"),
+            "{err}"
+        );
+        // Beyond loopback only when asked for explicitly.
+        let err = listen("listen = \"0.0.0.0:9464\"").unwrap_err().to_string();
+        assert!(err.contains("add --listen-non-loopback"), "{err}");
+        let open = listen("listen = \"0.0.0.0:9464\"\nlisten_non_loopback = true");
+        assert!(open.unwrap().is_some());
     }
 
     #[test]

@@ -21,6 +21,7 @@ use clap::{Args, Parser, Subcommand, builder::BoolishValueParser};
 use crate::{
     collect::BackendChoice,
     duration::{parse_interval, parse_seconds},
+    export::http::ListenAddr,
     input::{check_topic_level, read_text_file},
     profiles::{MonitoringProfile, Preset, parse_profile_json},
     proplet::parse_metrics_interval,
@@ -248,6 +249,59 @@ impl MqttArgs {
     }
 }
 
+/// The HTTP listener: nothing is served without `--listen`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ListenArgs {
+    /// Serve /metrics (Prometheus) and /api/v1/tasks (JSON) over HTTP on
+    /// ADDR: IP:PORT, or a unix socket (unix:/PATH, made root-only).
+    /// Without a value: 127.0.0.1:9464.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "PROPMON_LISTEN",
+        num_args = 0..=1,
+        default_missing_value = crate::export::http::DEFAULT_LISTEN
+    )]
+    pub listen: Option<String>,
+    /// Let --listen bind an address other than loopback: whoever can reach
+    /// it reads every task's id and figures.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        env = "PROPMON_LISTEN_NON_LOOPBACK",
+        value_parser = BoolishValueParser::new(),
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub listen_non_loopback: Option<bool>,
+}
+
+impl ListenArgs {
+    /// Where to listen, if anywhere; an address reachable from other hosts
+    /// only when asked for explicitly.
+    pub fn settings(&self) -> anyhow::Result<Option<ListenAddr>> {
+        // Empty (e.g. `PROPMON_LISTEN=` in an environment file): off.
+        let Some(text) = self
+            .listen
+            .as_deref()
+            .filter(|text| !text.trim().is_empty())
+        else {
+            return Ok(None);
+        };
+        let addr = ListenAddr::parse(text)
+            .map_err(anyhow::Error::msg)
+            .context("--listen")?;
+        if !addr.is_local() && !self.listen_non_loopback.unwrap_or(false) {
+            bail!(
+                "--listen {addr} is not a loopback address: anyone who can reach it would read \
+                 every task's id and figures; add --listen-non-loopback to serve there anyway \
+                 (and firewall the port), or use 127.0.0.1 or a unix socket"
+            );
+        }
+        Ok(Some(addr.clone()))
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Task id put in every message [default: a random UUID].
@@ -267,6 +321,8 @@ pub struct RunArgs {
     pub backend: BackendChoice,
     #[command(flatten)]
     pub mqtt: MqttArgs,
+    #[command(flatten)]
+    pub listen: ListenArgs,
     /// The command to run, and its arguments.
     #[arg(value_name = "CMD", required = true, trailing_var_arg = true, num_args = 1..)]
     pub command: Vec<OsString>,
@@ -302,6 +358,8 @@ pub struct AgentArgs {
     pub enable_monitoring: Option<bool>,
     #[command(flatten)]
     pub mqtt: MqttArgs,
+    #[command(flatten)]
+    pub listen: ListenArgs,
     /// Propeller mode: learn tasks from the Manager's start and stop
     /// messages (needs --mqtt-url); a process that execs with
     /// proplet_<task-id>.wasm in its argv becomes the task's root.

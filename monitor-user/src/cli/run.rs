@@ -18,7 +18,13 @@ use super::{
 use crate::{
     collect::{self, BackendChoice, SpawnError},
     engine::{Engine, task_spec},
-    export::{self, Fanout, Sink, mqtt::MqttSettings, stdout::StdoutSink},
+    export::{
+        self, Fanout, Sink,
+        http::{HttpServer, ListenAddr},
+        latest::{Health, Latest},
+        mqtt::MqttSettings,
+        stdout::StdoutSink,
+    },
     input::check_task_id,
     message::EndReason,
     profiles::Preset,
@@ -36,6 +42,7 @@ struct RunSettings {
     spec: TaskSpec,
     backend: BackendChoice,
     mqtt: Option<MqttSettings>,
+    listen: Option<ListenAddr>,
     command: Vec<OsString>,
 }
 
@@ -57,6 +64,7 @@ impl RunSettings {
         check_task_id("--task-id", &task_id)?;
         Ok(RunSettings {
             mqtt: args.mqtt.settings(&proplet_id, &[])?,
+            listen: args.listen.settings()?,
             spec: task_spec(&task_id, &proplet_id, profile)?,
             backend: args.backend,
             command: args.command,
@@ -128,6 +136,16 @@ async fn supervise(settings: RunSettings) -> Result<ExitCode, RunError> {
         sinks.push(Box::new(sink));
         flusher = Some(flush);
     }
+    let http = match &settings.listen {
+        Some(addr) => {
+            let health = Health::starting(&settings.spec.proplet_id, backend.source(), 1);
+            let server = export::http::start(addr, Latest::new(health))?;
+            sinks.push(Box::new(server.latest().sink()));
+            Some(server)
+        }
+        None => None,
+    };
+    let proplet_id = settings.spec.proplet_id.clone();
     let mut engine = Engine::new(backend, Box::new(Fanout(sinks)), 1);
     let (slot, mut child) = engine
         .spawn(settings.spec, &mut command)
@@ -146,7 +164,9 @@ async fn supervise(settings: RunSettings) -> Result<ExitCode, RunError> {
                 }
             } => {
                 let now = Instant::now();
-                if engine.round(now).iter().any(|ended| ended.slot == slot) {
+                let ended = engine.round(now);
+                report_health(&mut engine, &proplet_id, http.as_ref());
+                if ended.iter().any(|ended| ended.slot == slot) {
                     break;
                 }
                 if interrupted.is_some_and(|(_, at)| now - at > SIGNAL_GRACE) {
@@ -170,6 +190,7 @@ async fn supervise(settings: RunSettings) -> Result<ExitCode, RunError> {
             .try_wait()
             .context("collecting the command's status")?;
     }
+    drop(http);
     drop(engine); // detaches the programs
     if let Some(flusher) = flusher
         && !flusher.flush(FLUSH_DEADLINE).await
@@ -181,6 +202,17 @@ async fn supervise(settings: RunSettings) -> Result<ExitCode, RunError> {
         (None, Some((stop, _))) => ExitCode::from(stop.exit_code()),
         (None, None) => ExitCode::from(EXIT_PROPMON_FAILED),
     })
+}
+
+/// The run's own state, for `/metrics`, as of this round.
+fn report_health(engine: &mut Engine, proplet_id: &str, http: Option<&HttpServer>) {
+    let Some(http) = http else { return };
+    http.latest().set_health(Health {
+        tasks: engine.task_count() as u64,
+        dropped_messages: engine.sink_mut().dropped(),
+        kernel: engine.kernel_stats(),
+        ..Health::starting(proplet_id, engine.source(), 1)
+    });
 }
 
 fn spawn_untracked(command: &mut Command) -> Result<tokio::process::Child, RunError> {

@@ -12,7 +12,7 @@ pub mod ebpf;
 pub mod procfs;
 pub mod sysinfo;
 
-use monitor_common::{NET_BUCKETS, NetBucket};
+use monitor_common::{KernelStats, NET_BUCKETS, NetBucket};
 
 use crate::{message::Source, profiles::MonitoringProfile};
 
@@ -96,6 +96,11 @@ pub trait Backend: Send {
     /// Some task's processes all exited and it waits for their threads'
     /// release: have the kernel run its pending releases now.
     fn hasten_releases(&mut self) {}
+    /// The kernel side's health counters since its maps were made, if the
+    /// backend has a kernel side (read-only; for `/metrics`).
+    fn kernel_stats(&self) -> Option<KernelStats> {
+        None
+    }
 
     /// Whether the backend took up the kernel state a previous agent left.
     fn resumed(&self) -> bool {

@@ -1,6 +1,12 @@
-//! Where messages go: stdout as JSON lines (`stdout`), an MQTT broker (`mqtt`).
+//! Where messages go: stdout as JSON lines (`stdout`), an MQTT broker
+//! (`mqtt`), the HTTP listener (`http`), which serves the latest of them
+//! (`latest`) as Prometheus metrics (`prometheus`) and JSON (`api`).
 
+pub mod api;
+pub mod http;
+pub mod latest;
 pub mod mqtt;
+pub mod prometheus;
 pub mod stdout;
 
 use crate::message::{PropletMetricsMessage, TaskMetricsMessage};

@@ -10,6 +10,7 @@ mod agent;
 mod cli;
 mod cpu;
 mod disk;
+mod http;
 mod lifecycle;
 mod mqtt;
 mod net;

@@ -582,6 +582,11 @@ impl Backend for EbpfBackend {
         }
     }
 
+    fn kernel_stats(&self) -> Option<KernelStats> {
+        // The inherent method of the same name.
+        Some(EbpfBackend::kernel_stats(self))
+    }
+
     fn new_losses(&mut self) -> Option<String> {
         let stats = self.kernel_stats();
         let storage = stats.storage_failures - self.reported.storage_failures;
