@@ -137,15 +137,69 @@ pub enum EndReason {
     Abandoned,
 }
 
-/// Socket payload bytes by protocol (cumulative).
+/// Socket payload bytes by protocol (cumulative), with the busiest peers
+/// and TCP's health when the backend can tell.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkDetails {
-    pub tcp: Traffic,
+    pub tcp: TcpTraffic,
     pub udp: Traffic,
     /// Other AF_INET/AF_INET6 protocols (ICMP, SCTP, raw...).
     pub other: Traffic,
     /// AF_UNIX sockets: never in `network_*`, they do not leave the host.
     pub unix: Traffic,
+    /// The busiest remote endpoints by bytes, then one `"peer":"other"`
+    /// entry for the rest: their bytes add up exactly to `network_*_bytes`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<Peer>,
+}
+
+/// TCP payload, and how TCP fared (cumulative; health figures only where
+/// the backend counts them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpTraffic {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    /// Segments retransmitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retransmits: Option<u64>,
+    /// Connection attempts that failed: refused, timed out or reset
+    /// before they were established.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_connections: Option<u64>,
+    /// Connections reset by the peer after they were established.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resets_received: Option<u64>,
+}
+
+impl TcpTraffic {
+    /// The payload figures alone.
+    pub fn traffic(&self) -> Traffic {
+        Traffic {
+            rx_bytes: self.rx_bytes,
+            tx_bytes: self.tx_bytes,
+        }
+    }
+}
+
+/// One remote endpoint of a task's sockets (cumulative figures).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    /// `ADDRESS:PORT` (`[ADDRESS]:PORT` for IPv6); `"unconnected"` for
+    /// sockets without a single peer (unconnected UDP); `"other"` for
+    /// every peer beyond the busiest ones.
+    pub peer: String,
+    /// `tcp`, `udp` or `other`; absent for the `other` entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub connections_opened: u64,
+    pub connections_closed: u64,
+    /// `connections_opened - connections_closed`.
+    pub connections_open: u64,
+    /// TCP segments retransmitted to this peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retransmits: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -324,9 +378,10 @@ mod tests {
     fn details_appear_only_when_collected() {
         let mut message = sample_message();
         message.details.network = Some(NetworkDetails {
-            tcp: Traffic {
+            tcp: TcpTraffic {
                 rx_bytes: 1,
                 tx_bytes: 2,
+                ..TcpTraffic::default()
             },
             ..Default::default()
         });

@@ -12,7 +12,7 @@ use crate::{
     history::{History, Sample},
     message::{
         self, Details, DiskDetails, EndReason, NetworkDetails, Source, TaskMetrics,
-        TaskMetricsMessage, Traffic,
+        TaskMetricsMessage, TcpTraffic, Traffic,
     },
     profiles::MonitoringProfile,
 };
@@ -266,11 +266,17 @@ fn network_details(net: &NetTotals) -> NetworkDetails {
         let (rx_bytes, tx_bytes) = net.bucket(bucket);
         Traffic { rx_bytes, tx_bytes }
     };
+    let tcp = traffic(NetBucket::Tcp);
     NetworkDetails {
-        tcp: traffic(NetBucket::Tcp),
+        tcp: TcpTraffic {
+            rx_bytes: tcp.rx_bytes,
+            tx_bytes: tcp.tx_bytes,
+            ..TcpTraffic::default()
+        },
         udp: traffic(NetBucket::Udp),
         other: traffic(NetBucket::Other),
         unix: traffic(NetBucket::Unix),
+        peers: Vec::new(),
     }
 }
 

@@ -414,7 +414,7 @@ impl Exposition {
             let series = self.snapshot.tasks.iter().flat_map(|message| {
                 let network = message.details.network.as_ref();
                 let protocols = network
-                    .map(|n| [("tcp", n.tcp), ("udp", n.udp), ("other", n.other)])
+                    .map(|n| [("tcp", n.tcp.traffic()), ("udp", n.udp), ("other", n.other)])
                     .into_iter()
                     .flatten();
                 protocols.map(|(protocol, traffic)| {
@@ -527,6 +527,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::message::TcpTraffic;
     use crate::{
         export::latest::tests::{health, message},
         message::NetworkDetails,
@@ -536,9 +537,10 @@ mod tests {
         let mut web = message("web", 3, false);
         web.metrics.disk_read_bytes = Some(4096);
         web.details.network = Some(NetworkDetails {
-            tcp: Traffic {
+            tcp: TcpTraffic {
                 rx_bytes: 100,
                 tx_bytes: 200,
+                ..TcpTraffic::default()
             },
             unix: Traffic {
                 rx_bytes: 7,
