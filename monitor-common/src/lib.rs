@@ -33,6 +33,12 @@ pub const DISCOVERY_PREFIX: &[u8; 8] = b"proplet_";
 /// What follows it, ending the file name.
 pub const DISCOVERY_SUFFIX: &[u8; 5] = b".wasm";
 
+/// Remote endpoints tracked at once across all tasks (`PEERS` rows): a
+/// task's peer beyond them is counted in its record's `unlisted` figures.
+pub const MAX_PEER_ROWS: u32 = 16384;
+/// No peer row: the figures go to the task's `unlisted` counters.
+pub const NO_ROW: u32 = u32::MAX;
+
 /// Bytes of the `TASK_EVENTS` ring buffer (a power of two, page multiple).
 pub const TASK_EVENTS_BYTES: u32 = 256 * 1024;
 
@@ -102,9 +108,17 @@ pub mod maps {
     pub const PROVISIONAL_POOL: &str = "PROVISIONAL_POOL";
     /// `HashMap<[u8; DISCOVERY_ID_BYTES], SlotRef>`: ids with a provisional root.
     pub const PROVISIONAL: &str = "PROVISIONAL";
+    /// `Array<PeerRow>`, memory-mapped: every remote endpoint of every task.
+    pub const PEERS: &str = "PEERS";
+    /// `HashMap<PeerKey, u32 row>`: the row of a task's peer.
+    pub const PEER_INDEX: &str = "PEER_INDEX";
+    /// `Queue<u32 row>`: rows userspace took back from ended tasks.
+    pub const FREE_PEER_ROWS: &str = "FREE_PEER_ROWS";
+    /// `SK_STORAGE<SocketState>`: the peer row of a task's socket.
+    pub const SOCKETS: &str = "SOCKETS";
     /// Every map that must outlive the agent for its tasks to survive a
     /// restart (pinned in bpffs when the agent keeps state).
-    pub const PERSISTENT: [&str; 9] = [
+    pub const PERSISTENT: [&str; 13] = [
         THREADS,
         TASK_CONFIG,
         TASKS,
@@ -114,6 +128,10 @@ pub mod maps {
         DISCOVER,
         PROVISIONAL_POOL,
         PROVISIONAL,
+        PEERS,
+        PEER_INDEX,
+        FREE_PEER_ROWS,
+        SOCKETS,
     ];
 }
 
@@ -170,6 +188,17 @@ pub struct KernelLayout {
     pub sock_family: u32,
     /// `sock.sk_protocol` (u16).
     pub sock_protocol: u32,
+    /// `sock.__sk_common.skc_daddr` (IPv4, network order).
+    pub sock_daddr: u32,
+    /// `sk_buff.cb` + `tcp_skb_cb.tcp_gso_segs` (u16): the segments a TCP
+    /// skb carries (`tcp_skb_pcount`), which a retransmission counts.
+    pub skb_tcp_segments: u32,
+    /// `sock.__sk_common.skc_dport` (network order).
+    pub sock_dport: u32,
+    /// `sock.__sk_common.skc_v6_daddr` (16 bytes).
+    pub sock_v6_daddr: u32,
+    /// `sock.__sk_common.skc_state` (u8, TCP_* states).
+    pub sock_state: u32,
 }
 
 /// The kernel's own per-thread counters that propmon charges to tasks:
@@ -257,6 +286,11 @@ pub struct ThreadState {
     pub net: NetCounters,
     /// How much of `net` has been charged to the task.
     pub net_charged: NetCounters,
+    /// The socket the thread last moved bytes through, and its peer row:
+    /// a thread that streams through one socket finds its row at once.
+    pub last_socket: u64,
+    pub last_row: u32,
+    pub _reserved2: u32,
 }
 
 /// A slot at a generation: a task, as the kernel knows it.
@@ -300,9 +334,75 @@ pub struct TaskRecord {
     /// Processes whose last thread exited.
     pub procs_exited: u64,
     pub snapshot: Snapshot,
+    /// Network figures of peers that got no row (`PEERS` full).
+    pub unlisted: PeerCounters,
     /// Userspace's own bookkeeping, kept here so that it survives an
     /// agent restart with the pinned map.
     pub user: UserRecord,
+}
+
+/// A remote endpoint of a task: the key of a peer row.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    pub slot: u32,
+    pub generation: u32,
+    /// AF_INET or AF_INET6; 0 for sockets without a single peer
+    /// (unconnected UDP), whose address and port are then 0.
+    pub family: u16,
+    /// IPPROTO_*.
+    pub protocol: u16,
+    /// Port, network order.
+    pub port: u16,
+    pub _padding: u16,
+    /// IPv4 in the first 4 bytes, or IPv6.
+    pub addr: [u8; 16],
+}
+
+/// What went through a task's sockets, cumulative (atomic adds).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerCounters {
+    /// Payload, per [`NetBucket`] (only the peer's protocol's bucket for a
+    /// row; every bucket for a task's unlisted figures).
+    pub net: NetCounters,
+    /// TCP connections that became established, and that closed after.
+    pub connections_opened: u64,
+    pub connections_closed: u64,
+    /// TCP connection attempts that closed before being established
+    /// (refused, timed out, reset).
+    pub failed_connections: u64,
+    /// TCP segments retransmitted.
+    pub retransmits: u64,
+    /// Resets received on established TCP connections.
+    pub resets_received: u64,
+}
+
+/// One peer of one task: whose, and what went through it. A row is the
+/// kernel's from the moment it takes it (from `FREE_PEER_ROWS`, or the
+/// next never-used one) until userspace takes it back when the task ends.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerRow {
+    pub key: PeerKey,
+    pub counters: PeerCounters,
+}
+
+/// What the kernel keeps per socket of a task (socket-local storage).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketState {
+    pub slot: u32,
+    pub generation: u32,
+    /// Its peer row ([`NO_ROW`] when none could be had).
+    pub row: u32,
+    /// [`SocketState::ESTABLISHED`].
+    pub flags: u32,
+}
+
+impl SocketState {
+    /// The TCP connection was counted as opened.
+    pub const ESTABLISHED: u32 = 1;
 }
 
 /// Point-in-time figures of a task's live processes, from one pass.
@@ -335,6 +435,9 @@ pub struct UserRecord {
 pub struct Control {
     /// The number of the sampling pass being run (set by userspace).
     pub pass: u64,
+    /// `PEERS` rows ever taken fresh (the next fresh row's index): rows
+    /// below it may be in use.
+    pub peer_rows_used: u64,
     pub stats: KernelStats,
 }
 
@@ -353,6 +456,8 @@ pub struct KernelStats {
     pub provisional_exhausted: u64,
     /// Module execs refused because they do not descend from the proplet.
     pub lineage_refused: u64,
+    /// Peers that got no row (every `PEERS` row taken).
+    pub peer_rows_exhausted: u64,
 }
 
 /// Something userspace must react to without polling every task.
@@ -390,4 +495,7 @@ mod pod {
     unsafe impl aya::Pod for super::TaskRecord {}
     unsafe impl aya::Pod for super::Control {}
     unsafe impl aya::Pod for super::TaskEvent {}
+    unsafe impl aya::Pod for super::PeerKey {}
+    unsafe impl aya::Pod for super::PeerRow {}
+    unsafe impl aya::Pod for super::SocketState {}
 }

@@ -27,6 +27,11 @@ static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
     mm_arg_end: 0,
     sock_family: 0,
     sock_protocol: 0,
+    sock_daddr: 0,
+    skb_tcp_segments: 0,
+    sock_dport: 0,
+    sock_v6_daddr: 0,
+    sock_state: 0,
 });
 
 #[inline(always)]

@@ -16,12 +16,14 @@
 #![allow(internal_features)]
 
 mod charge;
+mod connections;
 mod discovery;
 mod layout;
 mod maps;
 mod membership;
 mod net;
 mod pass;
+mod peers;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -9,14 +9,16 @@ use core::{
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE},
-    helpers::generated::{bpf_get_current_task_btf, bpf_task_storage_delete, bpf_task_storage_get},
+    helpers::generated::{
+        bpf_get_current_task_btf, bpf_sk_storage_get, bpf_task_storage_delete, bpf_task_storage_get,
+    },
     macros::{btf_map, map},
     maps::{Array, HashMap, Queue, RingBuf},
 };
 use monitor_common::{
-    Control, DISCOVERY_ARGV_BYTES, DISCOVERY_ID_BYTES, KernelStats, MAX_DISCOVERIES,
-    MAX_PROVISIONAL, MAX_TASKS, SlotRef, TASK_EVENTS_BYTES, TaskConfig, TaskEvent, TaskRecord,
-    ThreadState, switch,
+    Control, DISCOVERY_ARGV_BYTES, DISCOVERY_ID_BYTES, KernelStats, MAX_DISCOVERIES, MAX_PEER_ROWS,
+    MAX_PROVISIONAL, MAX_TASKS, PeerKey, PeerRow, SlotRef, SocketState, TASK_EVENTS_BYTES,
+    TaskConfig, TaskEvent, TaskRecord, ThreadState, switch,
 };
 
 /// `BPF_MAP_TYPE_TASK_STORAGE` (include/uapi/linux/bpf.h): aya-ebpf 0.2
@@ -89,6 +91,53 @@ impl<V> TaskStorage<V> {
     }
 }
 
+/// `BPF_MAP_TYPE_SK_STORAGE`, BTF-defined for the same reasons as
+/// [`TaskStorage`]: socket-local storage, which lives and dies with the
+/// socket. aya-ebpf 0.2's own definition only serves `cgroup/sock_addr`
+/// programs.
+#[repr(C)]
+pub struct SocketStorage<V> {
+    r#type: *const [i32; 24],
+    key: *const i32,
+    value: *const V,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+}
+
+// SAFETY: as for `TaskStorage`.
+unsafe impl<V> Sync for SocketStorage<V> {}
+
+impl<V> SocketStorage<V> {
+    pub const fn new() -> Self {
+        SocketStorage {
+            r#type: ptr::null(),
+            key: ptr::null(),
+            value: ptr::null(),
+            max_entries: ptr::null(),
+            map_flags: ptr::null(),
+        }
+    }
+
+    /// The storage of `sock` (a BTF `struct sock *`), created from
+    /// `initial` if `initial` is given and it has none.
+    #[inline(always)]
+    pub fn get(&self, sock: u64, initial: Option<&mut V>) -> Option<&'static mut V> {
+        let (value, flags) = match initial {
+            Some(initial) => (
+                ptr::from_mut(initial).cast(),
+                u64::from(BPF_LOCAL_STORAGE_GET_F_CREATE),
+            ),
+            None => (ptr::null_mut(), 0),
+        };
+        let map = ptr::from_ref(self).cast_mut().cast();
+        // SAFETY: the helper checks the socket pointer's BTF type; a
+        // non-NULL result is the socket's storage, valid while we run.
+        let found = unsafe { bpf_sk_storage_get(map, sock as *mut _, value, flags) };
+        // SAFETY: see above.
+        unsafe { found.cast::<V>().as_mut() }
+    }
+}
+
 /// Which task each thread belongs to. Reached in O(1) from the thread
 /// itself, with no hashing; a thread without storage is a stranger.
 #[btf_map]
@@ -124,6 +173,23 @@ pub static PROVISIONAL_POOL: Queue<SlotRef> = Queue::with_max_entries(MAX_PROVIS
 #[map(name = "PROVISIONAL")]
 pub static PROVISIONAL: HashMap<[u8; DISCOVERY_ID_BYTES], SlotRef> =
     HashMap::with_max_entries(MAX_PROVISIONAL, BPF_F_NO_PREALLOC);
+
+/// Every remote endpoint of every task, memory-mapped by userspace.
+#[map(name = "PEERS")]
+pub static PEERS: Array<PeerRow> = Array::with_max_entries(MAX_PEER_ROWS, BPF_F_MMAPABLE);
+
+/// The row of each task's peer.
+#[map(name = "PEER_INDEX")]
+pub static PEER_INDEX: HashMap<PeerKey, u32> =
+    HashMap::with_max_entries(MAX_PEER_ROWS, BPF_F_NO_PREALLOC);
+
+/// Rows userspace took back from ended tasks, to be taken again.
+#[map(name = "FREE_PEER_ROWS")]
+pub static FREE_PEER_ROWS: Queue<u32> = Queue::with_max_entries(MAX_PEER_ROWS, 0);
+
+/// The peer row of each socket a task used.
+#[btf_map]
+pub static SOCKETS: SocketStorage<SocketState> = SocketStorage::new();
 
 /// Per-CPU room for an argv being searched (too big for the BPF stack).
 #[map(name = "ARGV_SCRATCH")]
@@ -215,6 +281,39 @@ pub fn count_loss(field: impl FnOnce(&mut KernelStats) -> &mut u64) {
     if let Some(stats) = kernel_stats() {
         add(field(stats), 1);
     }
+}
+
+/// Increments a counter and returns what it held before, if no other CPU
+/// kept changing it meanwhile. A compare-and-swap loop: an atomic add
+/// that returns the old value needs BPF ISA v3, which bpf-linker's
+/// generic CPU target does not emit.
+#[inline(always)]
+pub fn fetch_increment(counter: &mut u64) -> Option<u64> {
+    let counter: *mut u64 = counter;
+    // SAFETY: `counter` is a valid, aligned u64 in a map value.
+    let mut seen = unsafe { ptr::read_volatile(counter) };
+    for _ in 0..8 {
+        // SAFETY: as above.
+        let (previous, swapped) = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                counter,
+                seen,
+                seen + 1,
+            )
+        };
+        if swapped {
+            return Some(seen);
+        }
+        seen = previous;
+    }
+    None
+}
+
+/// The control block (pass number, health counters).
+#[inline(always)]
+pub fn control() -> Option<&'static mut Control> {
+    // SAFETY: as for `task_record`.
+    CONTROL.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
 /// Adds to a counter with one atomic instruction: the same counter may be

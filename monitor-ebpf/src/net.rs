@@ -12,29 +12,28 @@
 //!
 //! Payload only: no headers, no retransmissions, no in-kernel consumers.
 //!
-//! The bytes go to the thread's own storage, which only the thread itself
-//! writes (plain adds, no atomics, no lookup of the task's record); the
-//! sampling pass charges them to the task. A thread outside every task
-//! costs one task-local storage lookup.
+//! AF_INET/AF_INET6 bytes go to the row of the socket's peer (`peers`):
+//! a thread remembers its last socket and that socket's row, so a stream
+//! costs one task-local storage lookup, a check that the socket still has
+//! that peer, and one atomic add per call; a switch to another socket adds
+//! a socket-local storage lookup. AF_UNIX
+//! bytes go to the thread's own storage (plain adds, charged by the pass).
+//! A thread outside every task costs one task-local storage lookup.
 
 use aya_ebpf::{
     macros::{btf_tracepoint, fexit},
     programs::{BtfTracePointContext, FExitContext},
 };
-use monitor_common::{NetBucket, NetCounters, collect};
+use monitor_common::{NetBucket, NetCounters, ThreadState, collect};
 
 use crate::{
     layout::{field, layout},
-    maps::{THREADS, current_task},
+    maps::{THREADS, add, current_task, task_record, valid_membership},
+    peers::{
+        AF_INET, AF_INET6, AF_UNIX, bucket_of, counters_of, owned_row, peer_row_of, socket_row,
+    },
 };
 
-/// Address families and protocols (include/linux/socket.h, uapi/linux/in.h).
-const AF_UNIX: u16 = 1;
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
-const IPPROTO_TCP: u16 = 6;
-const IPPROTO_UDP: u16 = 17;
-const IPPROTO_UDPLITE: u16 = 136;
 /// recvmsg flag (include/linux/socket.h).
 const MSG_PEEK: u32 = 2;
 
@@ -77,62 +76,106 @@ fn count(ctx: &BtfTracePointContext, direction: Direction) {
     if ret <= 0 {
         return;
     }
-    let Some(counters) = current_net_counters() else {
+    let task = current_task();
+    let Some(thread) = THREADS.get(task) else {
         return;
     };
-    if let Some(bucket) = bucket_of(ctx.arg::<u64>(0)) {
-        add_bytes(counters, bucket, direction, ret as u64);
+    if thread.flags & collect::NETWORK == 0 {
+        return;
+    }
+    let sock = ctx.arg::<u64>(0);
+    match field::<u16>(sock, layout().sock_family) {
+        AF_UNIX => add_unix(&mut thread.net, direction, ret as u64),
+        AF_INET | AF_INET6 => count_inet(task, thread, sock, direction, ret as u64),
+        _ => {}
     }
 }
 
-/// The socket counters of the current thread, if its task collects them.
+/// Bytes through an AF_INET/AF_INET6 socket, to its peer's row.
 #[inline(always)]
-fn current_net_counters() -> Option<&'static mut NetCounters> {
-    let thread = THREADS.get(current_task())?;
-    if thread.flags & collect::NETWORK == 0 {
-        return None;
+fn count_inet(
+    task: u64,
+    thread: &'static mut ThreadState,
+    sock: u64,
+    direction: Direction,
+    bytes: u64,
+) {
+    let (slot, generation) = (thread.slot, thread.generation);
+    let cached = if thread.last_socket == sock {
+        peer_row_of(thread.last_row, sock, slot, generation)
+    } else {
+        None
+    };
+    let row = match cached {
+        Some(row) => Some(row),
+        None => {
+            // A new socket: only a member of a live task may take a row.
+            let Some((thread, _)) = valid_membership(task, thread) else {
+                return;
+            };
+            let row = socket_row(sock, slot, generation, true);
+            thread.last_socket = sock;
+            thread.last_row = row;
+            owned_row(row, slot, generation)
+        }
+    };
+    let (counters, bucket) = match row {
+        Some(row) => (&mut row.counters, bucket_of(row.key.protocol)),
+        None => {
+            // No row to be had: the task's unlisted figures.
+            let Some(record) = task_record(slot) else {
+                return;
+            };
+            let protocol = field::<u16>(sock, layout().sock_protocol);
+            (&mut record.unlisted, bucket_of(protocol))
+        }
+    };
+    let totals = match direction {
+        Direction::Sent => &mut counters.net.tx_bytes,
+        Direction::Received => &mut counters.net.rx_bytes,
+    };
+    if let Some(total) = totals.get_mut(bucket as usize) {
+        add(total, bytes);
     }
-    Some(&mut thread.net)
+}
+
+/// AF_UNIX bytes, in the thread's own storage: only the thread writes them
+/// and a program does not nest into itself on a CPU, so no atomic is needed.
+#[inline(always)]
+fn add_unix(counters: &mut NetCounters, direction: Direction, bytes: u64) {
+    let totals = match direction {
+        Direction::Sent => &mut counters.tx_bytes,
+        Direction::Received => &mut counters.rx_bytes,
+    };
+    totals[NetBucket::Unix as usize] += bytes;
 }
 
 /// Both splice_read functions take 5 arguments; the 6th slot is the return
-/// value (ssize_t bytes, or -errno).
+/// value (ssize_t bytes, or -errno). The socket is a `struct socket`, not
+/// the `struct sock` whose row we keep: TCP bytes spliced out go to the
+/// task's unlisted figures (counted in the totals, with no peer).
 #[inline(always)]
 fn count_splice(ctx: &FExitContext, bucket: NetBucket) {
     let ret = ctx.arg::<i64>(5);
     if ret <= 0 {
         return;
     }
-    if let Some(counters) = current_net_counters() {
-        add_bytes(counters, bucket, Direction::Received, ret as u64);
-    }
-}
-
-#[inline(always)]
-fn add_bytes(counters: &mut NetCounters, bucket: NetBucket, direction: Direction, bytes: u64) {
-    let totals = match direction {
-        Direction::Sent => &mut counters.tx_bytes,
-        Direction::Received => &mut counters.rx_bytes,
+    let task = current_task();
+    let Some(thread) = THREADS.get(task) else {
+        return;
     };
-    if let Some(total) = totals.get_mut(bucket as usize) {
-        // Only this thread writes its counters, and a program does not
-        // nest into itself on a CPU: no atomic needed.
-        *total += bytes;
+    if thread.flags & collect::NETWORK == 0 {
+        return;
     }
-}
-
-/// The bucket of a socket (the tracepoint's typed `struct sock *`); `None`
-/// for families we do not report (netlink, packet, vsock...).
-#[inline(always)]
-fn bucket_of(sock: u64) -> Option<NetBucket> {
-    let layout = layout();
-    match field::<u16>(sock, layout.sock_family) {
-        AF_UNIX => Some(NetBucket::Unix),
-        AF_INET | AF_INET6 => Some(match field::<u16>(sock, layout.sock_protocol) {
-            IPPROTO_TCP => NetBucket::Tcp,
-            IPPROTO_UDP | IPPROTO_UDPLITE => NetBucket::Udp,
-            _ => NetBucket::Other,
-        }),
-        _ => None,
+    if bucket == NetBucket::Unix {
+        add_unix(&mut thread.net, Direction::Received, ret as u64);
+        return;
+    }
+    let Some((thread, _)) = valid_membership(task, thread) else {
+        return;
+    };
+    let slot = thread.slot;
+    if let Some(counters) = counters_of(monitor_common::NO_ROW, slot, 0, slot) {
+        add(&mut counters.net.rx_bytes[bucket as usize], ret as u64);
     }
 }

@@ -706,6 +706,7 @@ impl Engine {
         } else {
             self.backend.processes(slot)
         };
+        let peers = self.backend.peers(slot);
         let source = self.backend.source();
         let Some(task) = self.tasks.get_mut(&key) else {
             return;
@@ -713,6 +714,7 @@ impl Engine {
         let observation = Observation {
             totals,
             processes,
+            peers,
             host_memory_bytes: self.host_memory_bytes,
             at: Instant::now(),
             wall: SystemTime::now(),

@@ -45,7 +45,16 @@ pub struct MonitoringProfile {
     pub export_to_mqtt: bool,
     pub retain_history: bool,
     pub history_size: usize,
+    /// Remote endpoints listed in `details.network.peers` (the busiest by
+    /// bytes; the rest are summed in one `other` entry); propmon's own
+    /// field, not Propeller's.
+    pub max_peers: usize,
 }
+
+/// Default `max_peers`.
+pub const DEFAULT_MAX_PEERS: usize = 16;
+/// Largest `max_peers`.
+pub const MAX_PEERS: usize = 256;
 
 fn serialize_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
@@ -84,7 +93,7 @@ pub const MAX_HISTORY_PER_TASK: usize = 10_000;
 /// most), so that start messages cannot buy unbounded memory.
 pub const HISTORY_BUDGET: usize = 1_000_000;
 /// The fields of a profile, in Propeller's order.
-pub const FIELDS: [&str; 11] = [
+pub const FIELDS: [&str; 12] = [
     "enabled",
     "interval",
     "collect_cpu",
@@ -96,6 +105,7 @@ pub const FIELDS: [&str; 11] = [
     "export_to_mqtt",
     "retain_history",
     "history_size",
+    "max_peers",
 ];
 /// Unknown field names listed in one warning; the rest are counted.
 const UNKNOWN_SHOWN: usize = 5;
@@ -282,6 +292,13 @@ fn read_fields(fields: &serde_json::Map<String, Value>) -> Result<MonitoringProf
         // Any size is accepted here; `fit_history` cuts it, with a warning.
         profile.history_size = usize::try_from(size).unwrap_or(usize::MAX);
     }
+    if let Some(peers) = fields.get("max_peers").filter(|v| !v.is_null()) {
+        let peers = peers
+            .as_u64()
+            .filter(|&n| n <= MAX_PEERS as u64)
+            .ok_or_else(|| field_error("max_peers", "expected a whole number up to 256", peers))?;
+        profile.max_peers = peers as usize;
+    }
     Ok(profile)
 }
 
@@ -390,6 +407,7 @@ impl Preset {
             export_to_mqtt: true,
             retain_history: history_size > 0,
             history_size,
+            max_peers: DEFAULT_MAX_PEERS,
         };
         match self {
             Preset::Standard => all(10, 100),

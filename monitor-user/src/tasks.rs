@@ -8,10 +8,10 @@ use std::{
 use monitor_common::NetBucket;
 
 use crate::{
-    collect::{self, NetTotals, ProcessSample, TaskTotals},
+    collect::{self, NetTotals, PeerId, PeerTotals, ProcessSample, TaskTotals},
     history::{History, Sample},
     message::{
-        self, Details, DiskDetails, EndReason, NetworkDetails, Source, TaskMetrics,
+        self, Details, DiskDetails, EndReason, NetworkDetails, Peer, Source, TaskMetrics,
         TaskMetricsMessage, TcpTraffic, Traffic,
     },
     profiles::MonitoringProfile,
@@ -70,10 +70,12 @@ pub struct Resumed {
 }
 
 /// Everything measured about a task at one instant.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Observation {
     pub totals: TaskTotals,
     pub processes: ProcessSample,
+    /// The task's peers, when the backend tells them apart.
+    pub peers: Vec<PeerTotals>,
     pub host_memory_bytes: u64,
     pub at: Instant,
     pub wall: SystemTime,
@@ -228,7 +230,14 @@ impl Task {
         };
         let details = Details {
             disk: disk.and_then(|d| d.details).map(disk_details),
-            network: net.map(|n| network_details(&n)),
+            network: net.map(|n| {
+                let peers = match self.baseline {
+                    // In-process tasks: the proplet's peers are not theirs.
+                    Some(_) => &[][..],
+                    None => &observation.peers[..],
+                };
+                network_details(&n, peers, profile.max_peers)
+            }),
         };
         TaskMetricsMessage {
             task_id: self.spec.task_id.clone(),
@@ -261,7 +270,7 @@ fn disk_details(disk: collect::DiskDetails) -> DiskDetails {
     }
 }
 
-fn network_details(net: &NetTotals) -> NetworkDetails {
+fn network_details(net: &NetTotals, peers: &[PeerTotals], max_peers: usize) -> NetworkDetails {
     let traffic = |bucket| {
         let (rx_bytes, tx_bytes) = net.bucket(bucket);
         Traffic { rx_bytes, tx_bytes }
@@ -271,14 +280,90 @@ fn network_details(net: &NetTotals) -> NetworkDetails {
         tcp: TcpTraffic {
             rx_bytes: tcp.rx_bytes,
             tx_bytes: tcp.tx_bytes,
-            ..TcpTraffic::default()
+            retransmits: net.tcp.map(|h| h.retransmits),
+            failed_connections: net.tcp.map(|h| h.failed_connections),
+            resets_received: net.tcp.map(|h| h.resets_received),
         },
         udp: traffic(NetBucket::Udp),
         other: traffic(NetBucket::Other),
         unix: traffic(NetBucket::Unix),
-        peers: Vec::new(),
+        peers: busiest_peers(net, peers, max_peers),
     }
 }
+
+/// The `max_peers` busiest peers by bytes, then one `other` entry with the
+/// rest (unlisted figures included), so that the entries add up to the
+/// task's AF_INET/AF_INET6 totals. Empty when the backend lists no peer.
+fn busiest_peers(net: &NetTotals, peers: &[PeerTotals], max_peers: usize) -> Vec<Peer> {
+    if peers.is_empty() {
+        return Vec::new();
+    }
+    let mut listed: Vec<&PeerTotals> = peers
+        .iter()
+        .filter(|peer| peer.peer != PeerId::Unlisted)
+        .collect();
+    listed.sort_by_key(|peer| (std::cmp::Reverse(peer.rx_bytes + peer.tx_bytes), peer.peer));
+    let shown = listed.len().min(max_peers);
+    let mut entries: Vec<Peer> = listed[..shown]
+        .iter()
+        .map(|peer| peer_entry(peer))
+        .collect();
+    let mut rest = Peer {
+        peer: "other".to_owned(),
+        rx_bytes: net.inet_rx(),
+        tx_bytes: net.inet_tx(),
+        ..Peer::default()
+    };
+    for entry in &entries {
+        rest.rx_bytes = rest.rx_bytes.saturating_sub(entry.rx_bytes);
+        rest.tx_bytes = rest.tx_bytes.saturating_sub(entry.tx_bytes);
+    }
+    let others = listed[shown..]
+        .iter()
+        .copied()
+        .chain(peers.iter().filter(|peer| peer.peer == PeerId::Unlisted));
+    for peer in others {
+        rest.connections_opened += peer.connections_opened;
+        rest.connections_closed += peer.connections_closed;
+        *rest.retransmits.get_or_insert(0) += peer.retransmits;
+    }
+    rest.connections_open = rest
+        .connections_opened
+        .saturating_sub(rest.connections_closed);
+    if rest.rx_bytes + rest.tx_bytes + rest.connections_opened > 0 || entries.is_empty() {
+        entries.push(rest);
+    }
+    entries
+}
+
+fn peer_entry(peer: &PeerTotals) -> Peer {
+    let protocol = match peer.protocol {
+        IPPROTO_TCP => "tcp",
+        IPPROTO_UDP | IPPROTO_UDPLITE => "udp",
+        _ => "other",
+    };
+    Peer {
+        peer: match peer.peer {
+            PeerId::Endpoint(address) => address.to_string(),
+            PeerId::Unconnected => "unconnected".to_owned(),
+            PeerId::Unlisted => "other".to_owned(),
+        },
+        protocol: Some(protocol.to_owned()),
+        rx_bytes: peer.rx_bytes,
+        tx_bytes: peer.tx_bytes,
+        connections_opened: peer.connections_opened,
+        connections_closed: peer.connections_closed,
+        connections_open: peer
+            .connections_opened
+            .saturating_sub(peer.connections_closed),
+        retransmits: (peer.protocol == IPPROTO_TCP).then_some(peer.retransmits),
+    }
+}
+
+/// IPPROTO_* (uapi/linux/in.h).
+const IPPROTO_TCP: u16 = 6;
+const IPPROTO_UDP: u16 = 17;
+const IPPROTO_UDPLITE: u16 = 136;
 
 /// Threads and descriptors are counted wherever `/proc` lists them.
 const COUNTS_THREADS_AND_FDS: bool = cfg!(target_os = "linux");
@@ -395,6 +480,7 @@ mod tests {
             net: Some(NetTotals {
                 tx: [1, 2, 4, 1000].map(|n| n * scale),
                 rx: [10, 20, 40, 2000].map(|n| n * scale),
+                tcp: None,
             }),
         }
     }
@@ -411,7 +497,68 @@ mod tests {
             host_memory_bytes: 4 << 30,
             at,
             wall: SystemTime::UNIX_EPOCH,
+            peers: Vec::new(),
         }
+    }
+
+    fn peer(port: u16, protocol: u16, tx: u64, rx: u64, opened: u64) -> PeerTotals {
+        PeerTotals {
+            peer: PeerId::Endpoint(std::net::SocketAddr::from(([192, 0, 2, 2], port))),
+            protocol,
+            tx_bytes: tx,
+            rx_bytes: rx,
+            connections_opened: opened,
+            connections_closed: opened.saturating_sub(1),
+            retransmits: port.into(),
+        }
+    }
+
+    #[test]
+    fn busiest_peers_are_listed_and_the_rest_adds_up_to_the_totals() {
+        let peers = [
+            peer(1, IPPROTO_TCP, 10, 0, 1),
+            peer(2, IPPROTO_TCP, 500, 20, 3),
+            peer(3, IPPROTO_UDP, 0, 300, 0),
+            peer(4, IPPROTO_TCP, 40, 40, 2),
+            PeerTotals {
+                peer: PeerId::Unconnected,
+                protocol: IPPROTO_UDP,
+                tx_bytes: 7,
+                ..PeerTotals::default()
+            },
+            PeerTotals {
+                peer: PeerId::Unlisted,
+                tx_bytes: 1000,
+                rx_bytes: 1,
+                connections_opened: 5,
+                connections_closed: 5,
+                retransmits: 9,
+                ..PeerTotals::default()
+            },
+        ];
+        let tx: u64 = peers.iter().map(|p| p.tx_bytes).sum();
+        let rx: u64 = peers.iter().map(|p| p.rx_bytes).sum();
+        let net = NetTotals {
+            tx: [tx - 100, 100, 0, 123],
+            rx: [rx, 0, 0, 456],
+            tcp: None,
+        };
+        let listed = busiest_peers(&net, &peers, 2);
+        let names: Vec<&str> = listed.iter().map(|p| p.peer.as_str()).collect();
+        assert_eq!(names, ["192.0.2.2:2", "192.0.2.2:3", "other"]);
+        assert_eq!(listed[1].protocol.as_deref(), Some("udp"));
+        assert_eq!(listed[1].retransmits, None, "UDP has no retransmissions");
+        assert_eq!(listed.iter().map(|p| p.tx_bytes).sum::<u64>(), tx);
+        assert_eq!(listed.iter().map(|p| p.rx_bytes).sum::<u64>(), rx);
+        let other = &listed[2];
+        assert_eq!(other.tx_bytes, 10 + 40 + 7 + 1000);
+        assert_eq!(other.connections_opened, 1 + 2 + 5);
+        assert_eq!(other.connections_open, 2, "one of peer 1's, one of 4's");
+        assert_eq!(other.retransmits, Some(1 + 4 + 9));
+        assert!(busiest_peers(&net, &[], 2).is_empty(), "no peers listed");
+        let all = busiest_peers(&net, &peers[..5], 16);
+        assert_eq!(all.last().unwrap().peer, "other", "the splice-only rest");
+        assert_eq!(all.iter().map(|p| p.tx_bytes).sum::<u64>(), tx);
     }
 
     #[test]

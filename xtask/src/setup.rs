@@ -13,7 +13,9 @@ use crate::{is_root, status, which};
 /// network namespaces, openssl for the TLS test's certificates, a real
 /// Prometheus and promtool for the dashboard's queries and `/metrics`), and
 /// the bench's standard load and peer tracer (`perf bench sched pipe` from
-/// linux-perf, bpftrace one-liners; `taskset` comes with util-linux).
+/// linux-perf, bpftrace one-liners; `taskset` comes with util-linux), and
+/// nftables to lose packets on purpose in a test namespace (this kernel has
+/// no netem).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -25,6 +27,7 @@ const APT_PACKAGES: &[&str] = &[
     "linux-perf",
     "bpftrace",
     "prometheus",
+    "nftables",
 ];
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 

@@ -557,6 +557,23 @@ pub enum WorkloadKind {
         #[arg(long, global = true)]
         report: Option<std::path::PathBuf>,
     },
+    /// TCP exchanges with net-peers (one per --tcp, each a different size,
+    /// and --short brief connections to the last), and UDP datagrams to
+    /// --udp on a connected socket; reports what each peer's socket calls
+    /// returned, and TCP's retransmissions.
+    Peers {
+        #[arg(long)]
+        tcp: Vec<std::net::SocketAddr>,
+        #[arg(long)]
+        udp: Option<std::net::SocketAddr>,
+        #[arg(long, default_value_t = 0)]
+        short: usize,
+        /// Bytes sent to the first peer (the second gets twice as many...).
+        #[arg(long, default_value_t = 200_000)]
+        bytes: u64,
+        #[arg(long)]
+        report: Option<std::path::PathBuf>,
+    },
     /// The other end for `net`: TCP and UDP echo service on [::]:PORT.
     NetPeer {
         #[arg(long, default_value_t = 7070)]

@@ -55,6 +55,14 @@ pub trait Backend: Send {
     /// the last `sample`.
     fn processes(&mut self, slot: u32) -> ProcessSample;
 
+    /// The remote endpoints of a task's sockets, as of the last `sample`,
+    /// when the backend tells them apart; their bytes and the task's
+    /// unlisted ones (`TaskTotals::net` minus the peers') add up to the
+    /// task's totals.
+    fn peers(&mut self, _slot: u32) -> Vec<PeerTotals> {
+        Vec::new()
+    }
+
     /// Turns exec discovery on (Propeller mode); with `require_lineage`,
     /// only descendants of the proplet process can be a task's root.
     fn enable_discovery(&mut self, _require_lineage: bool) -> anyhow::Result<()> {
@@ -238,6 +246,16 @@ impl TaskTotals {
             (Some(now), Some(then)) => Some(NetTotals {
                 tx: std::array::from_fn(|b| now.tx[b].saturating_sub(then.tx[b])),
                 rx: std::array::from_fn(|b| now.rx[b].saturating_sub(then.rx[b])),
+                tcp: match (now.tcp, then.tcp) {
+                    (Some(n), Some(t)) => Some(TcpHealth {
+                        retransmits: n.retransmits.saturating_sub(t.retransmits),
+                        failed_connections: n
+                            .failed_connections
+                            .saturating_sub(t.failed_connections),
+                        resets_received: n.resets_received.saturating_sub(t.resets_received),
+                    }),
+                    (tcp, _) => tcp,
+                },
             }),
             (net, _) => net,
         };
@@ -280,11 +298,47 @@ pub struct DiskDetails {
     pub syscw: u64,
 }
 
-/// Socket payload bytes of a task, indexed by [`NetBucket`].
+/// Socket payload bytes of a task, indexed by [`NetBucket`], and how TCP
+/// fared when the backend counts it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetTotals {
     pub tx: [u64; NET_BUCKETS],
     pub rx: [u64; NET_BUCKETS],
+    #[serde(default)]
+    pub tcp: Option<TcpHealth>,
+}
+
+/// TCP's health over a task's connections (cumulative).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TcpHealth {
+    pub retransmits: u64,
+    pub failed_connections: u64,
+    pub resets_received: u64,
+}
+
+/// Who a [`PeerTotals`] is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PeerId {
+    /// A remote address and port.
+    Endpoint(std::net::SocketAddr),
+    /// Sockets without a single peer (unconnected UDP).
+    #[default]
+    Unconnected,
+    /// Peers the kernel had no room to list.
+    Unlisted,
+}
+
+/// One remote endpoint of a task's sockets (cumulative figures).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerTotals {
+    pub peer: PeerId,
+    /// IPPROTO_*.
+    pub protocol: u16,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub connections_opened: u64,
+    pub connections_closed: u64,
+    pub retransmits: u64,
 }
 
 impl NetTotals {

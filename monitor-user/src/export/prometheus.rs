@@ -27,12 +27,11 @@
 //! Agent and kernel series have a `proplet_id` label too, so that one
 //! selector picks a node's tasks and its agent.
 //!
-//! Per-peer traffic does not exist yet (the kernel counts bytes per task
-//! and protocol, not per peer). When it does, it belongs here, beside
-//! `encode_network`: `propmon_task_peer_{receive,transmit}_bytes_total`
-//! with a `peer` label, off unless asked for, and at most N peers per task
-//! (the busiest, the rest summed under `peer="other"`), so that a task
-//! talking to thousands of peers cannot make thousands of series.
+//! Per-peer traffic (`details.network.peers`) is in the messages and in
+//! `/api/v1/tasks`, not in series: a peer label multiplies a task's series
+//! by its peers, which change as connections come and go. If it is ever
+//! exported, it belongs beside `encode_network`, off unless asked for, the
+//! message's top N plus `peer="other"` only.
 
 use std::fmt;
 
@@ -327,7 +326,7 @@ struct KernelFigure {
     value: fn(&monitor_common::KernelStats) -> u64,
 }
 
-static KERNEL: [KernelFigure; 5] = [
+static KERNEL: [KernelFigure; 6] = [
     KernelFigure {
         metric: Metric {
             stem: "propmon_kernel_events_lost",
@@ -372,6 +371,15 @@ static KERNEL: [KernelFigure; 5] = [
             kind: Kind::Counter,
         },
         value: |k| k.lineage_refused,
+    },
+    KernelFigure {
+        metric: Metric {
+            stem: "propmon_kernel_peer_rows_exhausted",
+            help: "New peers that found every kernel peer row taken: counted in their task's \"other\" peer.",
+            unit: None,
+            kind: Kind::Counter,
+        },
+        value: |k| k.peer_rows_exhausted,
     },
 ];
 

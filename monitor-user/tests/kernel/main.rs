@@ -14,6 +14,7 @@ mod http;
 mod lifecycle;
 mod mqtt;
 mod net;
+mod peers;
 mod tcp_proxy;
 mod trust;
 

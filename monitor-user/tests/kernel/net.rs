@@ -61,6 +61,15 @@ fn network_bytes_equal_what_the_sockets_moved() {
         "{tally:?}"
     );
     assert_network_equals(run.final_message(), &tally);
+    let peers = &run.final_message().details.network.as_ref().unwrap().peers;
+    for (peer, protocol) in [("192.0.2.2:7070", "tcp"), ("[2001:db8::2]:7070", "tcp")] {
+        assert!(
+            peers
+                .iter()
+                .any(|p| p.peer == peer && p.protocol.as_deref() == Some(protocol)),
+            "no {protocol} peer {peer} in {peers:#?}"
+        );
+    }
 }
 
 /// 8 threads and 4 processes sending 64-byte messages at once lose no byte.
@@ -96,7 +105,12 @@ fn concurrent_small_sends_lose_nothing() {
 fn assert_network_equals(last: &TaskMetricsMessage, tally: &NetTally) {
     let traffic = |rx_bytes, tx_bytes| Traffic { rx_bytes, tx_bytes };
     let network = last.details.network.as_ref().expect("details.network");
-    let buckets = [network.tcp.traffic(), network.udp, network.other, network.unix];
+    let buckets = [
+        network.tcp.traffic(),
+        network.udp,
+        network.other,
+        network.unix,
+    ];
     let expected = [
         traffic(tally.tcp_rx, tally.tcp_tx),
         traffic(tally.udp_rx, tally.udp_tx),
@@ -111,6 +125,16 @@ fn assert_network_equals(last: &TaskMetricsMessage, tally: &NetTally) {
     assert_eq!(
         last.metrics.network_rx_bytes,
         Some(tally.tcp_rx + tally.udp_rx)
+    );
+    // Whatever the sockets (unconnected UDP, spliced reads, AF_UNIX
+    // apart), the peers add up to the totals.
+    let peers_tx: u64 = network.peers.iter().map(|p| p.tx_bytes).sum();
+    let peers_rx: u64 = network.peers.iter().map(|p| p.rx_bytes).sum();
+    assert_eq!(
+        (Some(peers_tx), Some(peers_rx)),
+        (last.metrics.network_tx_bytes, last.metrics.network_rx_bytes),
+        "{:#?}",
+        network.peers
     );
 }
 
@@ -135,13 +159,13 @@ fn untracked_noise() -> Child {
 /// Two network namespaces joined by a veth pair, with documentation-range
 /// addresses (192.0.2.0/24, 2001:db8::/64): traffic never leaves them.
 /// Removed on drop, veth included.
-struct NamespacePair {
-    a: String,
-    b: String,
+pub(crate) struct NamespacePair {
+    pub(crate) a: String,
+    pub(crate) b: String,
 }
 
 impl NamespacePair {
-    fn create() -> Self {
+    pub(crate) fn create() -> Self {
         let id = std::process::id() % 100_000;
         let pair = NamespacePair {
             a: format!("pm{id}a"),
@@ -167,7 +191,7 @@ impl NamespacePair {
         pair
     }
 
-    fn spawn_in_b(&self, args: &[&str]) -> Child {
+    pub(crate) fn spawn_in_b(&self, args: &[&str]) -> Child {
         Command::new("ip")
             .args(["netns", "exec", &self.b])
             .arg(propmon_bin())
@@ -177,7 +201,7 @@ impl NamespacePair {
             .unwrap()
     }
 
-    fn wait_for_listener_in_b(&self, port: u16) {
+    pub(crate) fn wait_for_listener_in_b(&self, port: u16) {
         for _ in 0..250 {
             let listening = Command::new("ip")
                 .args(["netns", "exec", &self.b, "ss", "-Hltn"])

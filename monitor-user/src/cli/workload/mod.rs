@@ -80,6 +80,17 @@ pub fn run(args: WorkloadArgs) -> anyhow::Result<ExitCode> {
             report,
         } => write_report(report.as_deref(), &net::net(peer4, peer6)?)?,
         WorkloadKind::NetPeer { port } => net::peer(port)?,
+        WorkloadKind::Peers {
+            tcp,
+            udp,
+            short,
+            bytes,
+            report,
+        } => {
+            let bytes = bytes.min(1 << 30);
+            let short = short.min(100_000);
+            write_report(report.as_deref(), &net::peers(&tcp, udp, short, bytes)?)?;
+        }
         WorkloadKind::Bench { load, report } => {
             write_report(report.as_deref(), &bench::run(load)?)?;
         }

@@ -515,3 +515,97 @@ fn read_to_end(stream: &mut TcpStream) -> std::io::Result<u64> {
 fn join(handle: thread::JoinHandle<anyhow::Result<NetTally>>) -> anyhow::Result<NetTally> {
     handle.join().expect("workload thread panicked")
 }
+
+/// What one peer of the `peers` workload saw, as the socket calls
+/// returned it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerTally {
+    pub peer: String,
+    pub protocol: String,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    pub connections: u64,
+    /// TCP segments the kernel retransmitted on these connections
+    /// (`TCP_INFO` read just before each close).
+    pub retransmits: u64,
+}
+
+/// Bytes to and from `propmon workload net-peer` instances: one long TCP
+/// exchange per `tcp` address, `short` brief TCP connections to the last
+/// of them, and datagrams on a connected UDP socket to `udp`.
+pub fn peers(
+    tcp: &[SocketAddr],
+    udp: Option<SocketAddr>,
+    short: usize,
+    bytes: u64,
+) -> anyhow::Result<Vec<PeerTally>> {
+    let mut tallies = Vec::new();
+    for (index, &peer) in tcp.iter().enumerate() {
+        let (up, down) = (bytes * (index as u64 + 1), bytes / 2);
+        let mut tally = tcp_exchange(peer, up, down)?;
+        if index + 1 == tcp.len() {
+            for _ in 0..short {
+                let brief = tcp_exchange(peer, 1000, 100)?;
+                tally.tx_bytes += brief.tx_bytes;
+                tally.rx_bytes += brief.rx_bytes;
+                tally.connections += 1;
+                tally.retransmits += brief.retransmits;
+            }
+        }
+        tallies.push(tally);
+    }
+    if let Some(peer) = udp {
+        let echoed = udp_echo(peer, 200, 500)?;
+        tallies.push(PeerTally {
+            peer: peer.to_string(),
+            protocol: "udp".to_owned(),
+            tx_bytes: echoed.udp_tx,
+            rx_bytes: echoed.udp_rx,
+            ..PeerTally::default()
+        });
+    }
+    Ok(tallies)
+}
+
+/// One TCP exchange with a net-peer, its retransmissions included.
+fn tcp_exchange(peer: SocketAddr, up: u64, down: u64) -> anyhow::Result<PeerTally> {
+    let mut stream = TcpStream::connect_timeout(&peer, TIMEOUT)
+        .with_context(|| format!("connecting to the peer {peer}"))?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    let mut header = [0u8; 16];
+    header[..8].copy_from_slice(&up.to_be_bytes());
+    header[8..].copy_from_slice(&down.to_be_bytes());
+    stream.write_all(&header)?;
+    stream.write_all(&vec![b'p'; up as usize])?;
+    let received = read_to_end(&mut stream)?;
+    let retransmits = total_retransmits(&stream);
+    Ok(PeerTally {
+        peer: peer.to_string(),
+        protocol: "tcp".to_owned(),
+        tx_bytes: 16 + up,
+        rx_bytes: received,
+        connections: 1,
+        retransmits,
+    })
+}
+
+/// `tcpi_total_retrans` of a connection (0 if unreadable).
+fn total_retransmits(stream: &TcpStream) -> u64 {
+    // SAFETY: TCP_INFO fills a zeroed struct of the length passed.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+        let ret = libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            std::ptr::from_mut(&mut info).cast(),
+            &mut len,
+        );
+        if ret == 0 {
+            u64::from(info.tcpi_total_retrans)
+        } else {
+            0
+        }
+    }
+}

@@ -194,6 +194,13 @@ impl KernelBtf {
             mm_arg_end: self.field_offset("mm_struct", "arg_end")?,
             sock_family: self.field_offset("sock", "__sk_common.skc_family")?,
             sock_protocol: self.field_offset("sock", "sk_protocol")?,
+            sock_daddr: self.field_offset("sock", "__sk_common.skc_daddr")?,
+            // include/net/tcp.h: TCP_SKB_CB(skb) is skb->cb.
+            skb_tcp_segments: self.field_offset("sk_buff", "cb")?
+                + self.field_offset("tcp_skb_cb", "tcp_gso_segs")?,
+            sock_dport: self.field_offset("sock", "__sk_common.skc_dport")?,
+            sock_v6_daddr: self.field_offset("sock", "__sk_common.skc_v6_daddr")?,
+            sock_state: self.field_offset("sock", "__sk_common.skc_state")?,
         })
     }
 

@@ -9,6 +9,7 @@
 
 pub mod attach;
 pub mod btf;
+pub mod peers;
 pub mod pins;
 pub mod preflight;
 pub mod sys;
@@ -28,7 +29,7 @@ use aya::{
     programs::{BtfTracePoint, FExit, Iter, links::FdLink},
 };
 use monitor_common::{
-    Control, DISCOVERY_ID_BYTES, KernelStats, LAYOUT_GLOBAL, MAX_TASKS, NET_BUCKETS, SlotRef,
+    Control, DISCOVERY_ID_BYTES, KernelStats, LAYOUT_GLOBAL, MAX_TASKS, NetBucket, SlotRef,
     TaskConfig, TaskEvent, TaskRecord, ThreadState, collect, maps, slot, switch, thread,
 };
 use tokio::process::{Child, Command};
@@ -39,8 +40,8 @@ use self::{
     sys::{IterLink, MappedArray, TaskStorage, thread_pidfd},
 };
 use super::{
-    Backend, BackendEvents, DiskDetails, DiskTotals, NetTotals, ProcessSample, SlotRole,
-    SpawnError, TaskTotals, USER_WORDS,
+    Backend, BackendEvents, DiskDetails, DiskTotals, ProcessSample, SlotRole, SpawnError,
+    TaskTotals, USER_WORDS,
 };
 use crate::{message::Source, profiles::MonitoringProfile};
 
@@ -55,6 +56,13 @@ const HOOKS: &[Hook] = &[
     Hook::required(Kind::Tracepoint, "sock_send_length", "sock_send_length"),
     Hook::required(Kind::Tracepoint, "sock_recv_length", "sock_recv_length"),
     Hook::required(Kind::Tracepoint, "exec_discovery", "sched_process_exec"),
+    Hook::required(
+        Kind::Tracepoint,
+        "inet_sock_set_state",
+        "inet_sock_set_state",
+    ),
+    Hook::required(Kind::Tracepoint, "tcp_retransmit_skb", "tcp_retransmit_skb"),
+    Hook::required(Kind::Tracepoint, "tcp_receive_reset", "tcp_receive_reset"),
     Hook::optional(
         Kind::FExit,
         "tcp_splice_read",
@@ -162,6 +170,9 @@ pub struct EbpfBackend {
     provisional_pool: Queue<MapData, SlotRef>,
     provisional: HashMap<MapData, [u8; DISCOVERY_ID_BYTES], SlotRef>,
     events: RingBuf<MapData>,
+    peers: peers::PeerBook,
+    /// When every peer row was last looked at.
+    peers_rescanned: std::time::Instant,
     /// Task ids the kernel is looking for.
     discovering: BTreeMap<String, u32>,
     /// Slots in use, for a full sweep when events were lost.
@@ -246,7 +257,19 @@ impl EbpfBackend {
             MappedArray::map(map_data(&ebpf, maps::CONTROL)?.fd().as_fd(), 1)
                 .context("mapping CONTROL")?;
         let reported = control.get(0).stats;
+        let peer_rows = MappedArray::map(
+            map_data(&ebpf, maps::PEERS)?.fd().as_fd(),
+            monitor_common::MAX_PEER_ROWS,
+        )
+        .context("mapping PEERS")?;
+        let peer_book = peers::PeerBook::new(
+            peer_rows,
+            HashMap::try_from(take_map(&mut ebpf, maps::PEER_INDEX)?)?,
+            Queue::try_from(take_map(&mut ebpf, maps::FREE_PEER_ROWS)?)?,
+        );
         Ok(EbpfBackend {
+            peers: peer_book,
+            peers_rescanned: std::time::Instant::now(),
             switches: Array::try_from(take_map(&mut ebpf, maps::SWITCHES)?)?,
             discover: HashMap::try_from(take_map(&mut ebpf, maps::DISCOVER)?)?,
             provisional_pool: Queue::try_from(take_map(&mut ebpf, maps::PROVISIONAL_POOL)?)?,
@@ -302,7 +325,21 @@ impl EbpfBackend {
         self.control
             .word(0, offset_of!(Control, pass))
             .fetch_add(1, Ordering::SeqCst);
-        self.pass_link.run().context("running the sampling pass")
+        self.pass_link.run().context("running the sampling pass")?;
+        self.refresh_peers();
+        Ok(())
+    }
+
+    /// Takes note of the peer rows the kernel took; every minute, looks
+    /// at every row again (a row given back in a race is seen there).
+    fn refresh_peers(&mut self) {
+        if self.peers_rescanned.elapsed() > std::time::Duration::from_secs(60) {
+            self.peers_rescanned = std::time::Instant::now();
+            self.peers.rescan();
+        }
+        let used = self.control.get(0).peer_rows_used;
+        let config = &self.config;
+        self.peers.refresh(used, |slot| config.get(slot));
     }
 }
 
@@ -396,7 +433,12 @@ impl Backend for EbpfBackend {
         anyhow::ensure!(slot < MAX_TASKS, "task slot {slot} out of range");
         let record = self.records.get(slot);
         let counters = record.counters;
-        let net = record.net;
+        let unix = NetBucket::Unix as usize;
+        let net = self.peers.totals(
+            slot,
+            &record.unlisted,
+            (record.net.rx_bytes[unix], record.net.tx_bytes[unix]),
+        );
         Ok(TaskTotals {
             cpu_ns: counters.cpu_ns,
             live_processes: record.procs_started.saturating_sub(record.procs_exited),
@@ -413,10 +455,7 @@ impl Backend for EbpfBackend {
                     syscw: counters.syscw,
                 }),
             }),
-            net: Some(NetTotals {
-                tx: std::array::from_fn::<u64, NET_BUCKETS, _>(|b| net.tx_bytes[b]),
-                rx: std::array::from_fn::<u64, NET_BUCKETS, _>(|b| net.rx_bytes[b]),
-            }),
+            net: Some(net),
         })
     }
 
@@ -434,6 +473,13 @@ impl Backend for EbpfBackend {
             file_descriptors: Some(snapshot.file_descriptors),
             processes: snapshot.processes,
         }
+    }
+
+    fn peers(&mut self, slot: u32) -> Vec<super::PeerTotals> {
+        if slot >= MAX_TASKS {
+            return Vec::new();
+        }
+        self.peers.peers(slot, &self.records.get(slot).unlisted)
     }
 
     fn enable_discovery(&mut self, require_lineage: bool) -> anyhow::Result<()> {
@@ -528,6 +574,7 @@ impl Backend for EbpfBackend {
             return;
         }
         self.active.remove(&slot);
+        self.peers.release(slot);
         let generation = self.config.get(slot).generation.wrapping_add(1);
         // Every thread that still names the slot is a stranger from now on.
         self.set_config(
@@ -593,6 +640,7 @@ impl Backend for EbpfBackend {
         let refused = stats.lineage_refused - self.reported.lineage_refused;
         let exhausted = stats.provisional_exhausted - self.reported.provisional_exhausted;
         let argv = stats.argv_read_failures - self.reported.argv_read_failures;
+        let peers = stats.peer_rows_exhausted - self.reported.peer_rows_exhausted;
         self.reported = KernelStats {
             event_drops: self.reported.event_drops,
             ..stats
@@ -618,6 +666,13 @@ impl Backend for EbpfBackend {
         if argv > 0 {
             lines.push(format!(
                 "{argv} execs could not be searched for a module (argv unreadable)"
+            ));
+        }
+        if peers > 0 {
+            lines.push(format!(
+                "{peers} new peers found every one of the kernel's {} peer rows taken: their \
+                 bytes are counted in their task's \"other\" peer",
+                monitor_common::MAX_PEER_ROWS
             ));
         }
         (!lines.is_empty()).then(|| lines.join("; "))
