@@ -178,13 +178,12 @@ fn become_root(
 /// Copies argv into the scratch buffer; its length.
 #[inline(always)]
 fn read_argv(task: u64, argv: &mut Argv) -> Option<usize> {
-    let layout = layout();
-    let mm: u64 = field(task, layout.task_mm);
+    let mm: u64 = field(task, layout!(task_mm));
     if mm == 0 {
         return None;
     }
-    let start: u64 = field(mm, layout.mm_arg_start);
-    let end: u64 = field(mm, layout.mm_arg_end);
+    let start: u64 = field(mm, layout!(mm_arg_start));
+    let end: u64 = field(mm, layout!(mm_arg_end));
     let len = (end.saturating_sub(start) as usize).min(DISCOVERY_ARGV_BYTES);
     // SAFETY: the destination holds DISCOVERY_ARGV_BYTES >= len bytes.
     let ret = unsafe {

@@ -2,11 +2,15 @@
 //! running kernel's BTF (`monitor_common::KernelLayout`): Rust eBPF has no
 //! CO-RE relocations yet.
 
-use aya_ebpf::{Global, helpers::bpf_probe_read_kernel};
+use aya_ebpf::helpers::bpf_probe_read_kernel;
 use monitor_common::{KERNEL_COUNTERS, KernelCounters, KernelLayout};
 
+/// Filled in by the loader (a `.rodata` global the kernel freezes, so the
+/// verifier knows every offset as a constant). Read one field at a time
+/// with [`layout!`]: a volatile read of the whole struct would load all
+/// its words on every event.
 #[unsafe(no_mangle)]
-static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
+pub static LAYOUT: KernelLayout = KernelLayout {
     task_pid: 0,
     task_tgid: 0,
     task_sum_exec_runtime: 0,
@@ -32,12 +36,17 @@ static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
     sock_dport: 0,
     sock_v6_daddr: 0,
     sock_state: 0,
-});
+};
 
-#[inline(always)]
-pub fn layout() -> KernelLayout {
-    LAYOUT.load()
+/// One field of [`LAYOUT`], loaded on its own. Volatile: the compiler
+/// sees the initializer's zeros and would fold a plain read.
+macro_rules! layout {
+    ($field:ident) => {
+        // SAFETY: a field of a static, read in place.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!($crate::layout::LAYOUT.$field)) }
+    };
 }
+pub(crate) use layout;
 
 /// Reads a field of a struct the verifier knows the BTF type of (a typed
 /// tracepoint or iterator argument, or a pointer loaded from one): a plain
@@ -62,10 +71,9 @@ pub fn read<T>(base: u64, offset: u64) -> Option<T> {
 /// `(pid, tgid)` of a typed `struct task_struct *`: thread and process id.
 #[inline(always)]
 pub fn task_ids(task: u64) -> (u32, u32) {
-    let layout = layout();
     (
-        field::<i32>(task, layout.task_pid) as u32,
-        field::<i32>(task, layout.task_tgid) as u32,
+        field::<i32>(task, layout!(task_pid)) as u32,
+        field::<i32>(task, layout!(task_tgid)) as u32,
     )
 }
 
@@ -73,10 +81,10 @@ pub fn task_ids(task: u64) -> (u32, u32) {
 /// `/proc/<tid>/schedstat` and `/proc/<tid>/io` print them.
 #[inline(always)]
 pub fn kernel_counters(task: u64) -> [u64; KERNEL_COUNTERS] {
-    let layout = layout();
-    let ioac = |index: usize| field::<u64>(task, layout.ioac_fields[index]);
+    let ioac_fields: [u32; 7] = layout!(ioac_fields);
+    let ioac = |index: usize| field::<u64>(task, ioac_fields[index]);
     KernelCounters {
-        cpu_ns: field::<u64>(task, layout.task_sum_exec_runtime),
+        cpu_ns: field::<u64>(task, layout!(task_sum_exec_runtime)),
         rchar: ioac(0),
         wchar: ioac(1),
         syscr: ioac(2),

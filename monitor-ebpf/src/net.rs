@@ -84,7 +84,7 @@ fn count(ctx: &BtfTracePointContext, direction: Direction) {
         return;
     }
     let sock = ctx.arg::<u64>(0);
-    match field::<u16>(sock, layout().sock_family) {
+    match field::<u16>(sock, layout!(sock_family)) {
         AF_UNIX => add_unix(&mut thread.net, direction, ret as u64),
         AF_INET | AF_INET6 => count_inet(task, thread, sock, direction, ret as u64),
         _ => {}
@@ -126,7 +126,7 @@ fn count_inet(
             let Some(record) = task_record(slot) else {
                 return;
             };
-            let protocol = field::<u16>(sock, layout().sock_protocol);
+            let protocol = field::<u16>(sock, layout!(sock_protocol));
             (&mut record.unlisted, bucket_of(protocol))
         }
     };

@@ -12,7 +12,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::bpf_loop;
-use monitor_common::{KernelLayout, Snapshot, TaskRecord, collect, thread};
+use monitor_common::{Snapshot, TaskRecord, collect, thread};
 
 use crate::{
     charge::charge,
@@ -75,32 +75,32 @@ fn add_to_snapshot(task: u64, flags: u32, record: &mut TaskRecord) {
     if pid != tgid {
         return;
     }
-    let layout = layout();
-    let signal: u64 = field(task, layout.task_signal);
-    if field::<i32>(signal, layout.signal_live) <= 0 {
+    let signal: u64 = field(task, layout!(task_signal));
+    if field::<i32>(signal, layout!(signal_live)) <= 0 {
         return; // every thread is through do_exit: not a live process
     }
     let snapshot = &mut record.snapshot;
     snapshot.processes += 1;
-    snapshot.threads += field::<i32>(signal, layout.signal_nr_threads).max(0) as u64;
-    snapshot.rss_pages += resident_pages(task, &layout);
+    snapshot.threads += field::<i32>(signal, layout!(signal_nr_threads)).max(0) as u64;
+    snapshot.rss_pages += resident_pages(task);
     if flags & collect::FILE_DESCRIPTORS != 0 {
-        snapshot.file_descriptors += open_file_descriptors(task, &layout);
+        snapshot.file_descriptors += open_file_descriptors(task);
     }
 }
 
 /// `get_mm_rss()`: file, anonymous and shared-memory pages, each read as
 /// `percpu_counter_read_positive` does, as `/proc/<pid>/stat` reports it.
 #[inline(always)]
-fn resident_pages(task: u64, layout: &KernelLayout) -> u64 {
-    let mm: u64 = field(task, layout.task_mm);
+fn resident_pages(task: u64) -> u64 {
+    let mm: u64 = field(task, layout!(task_mm));
     if mm == 0 {
         return 0; // a kernel thread, or a process past exit_mm
     }
     let mut pages = 0;
-    for member in layout.rss_members {
-        let offset =
-            layout.mm_rss_stat + member * layout.percpu_counter_size + layout.percpu_counter_count;
+    for member in layout!(rss_members) {
+        let offset = layout!(mm_rss_stat)
+            + member * layout!(percpu_counter_size)
+            + layout!(percpu_counter_count);
         pages += field::<i64>(mm, offset).max(0) as u64;
     }
     pages
@@ -113,18 +113,18 @@ const MAX_FD_WORDS: u64 = 1 << 14;
 /// Bits set in the process's open-descriptor bitmap: the entries of
 /// `/proc/<pid>/fd`.
 #[inline(always)]
-fn open_file_descriptors(task: u64, layout: &KernelLayout) -> u64 {
-    let files: u64 = field(task, layout.task_files);
+fn open_file_descriptors(task: u64) -> u64 {
+    let files: u64 = field(task, layout!(task_files));
     if files == 0 {
         return 0;
     }
-    let table: u64 = field(files, layout.files_fdt);
+    let table: u64 = field(files, layout!(files_fdt));
     if table == 0 {
         return 0;
     }
-    let max_fds = u64::from(field::<u32>(table, layout.fdtable_max_fds));
+    let max_fds = u64::from(field::<u32>(table, layout!(fdtable_max_fds)));
     let mut count = FdCount {
-        bitmap: field::<u64>(table, layout.fdtable_open_fds),
+        bitmap: field::<u64>(table, layout!(fdtable_open_fds)),
         words: max_fds.div_ceil(64).min(MAX_FD_WORDS),
         open: 0,
     };

@@ -101,11 +101,10 @@ pub fn socket_row(sock: u64, slot: u32, generation: u32, create: bool) -> u32 {
 /// established in softirq context: it counts as opened at its first use.
 #[inline(always)]
 fn count_established_at_first_use(sock: u64, state: &mut SocketState, slot: u32) {
-    let layout = layout();
-    if field::<u16>(sock, layout.sock_protocol) != IPPROTO_TCP {
+    if field::<u16>(sock, layout!(sock_protocol)) != IPPROTO_TCP {
         return;
     }
-    let tcp_state = field::<u8>(sock, layout.sock_state);
+    let tcp_state = field::<u8>(sock, layout!(sock_state));
     if tcp_state != TCP_ESTABLISHED && tcp_state != TCP_CLOSE_WAIT {
         return;
     }
@@ -133,18 +132,17 @@ pub fn counters_of(
 /// peer (unconnected UDP).
 #[inline(always)]
 fn peer_key(sock: u64, slot: u32, generation: u32) -> PeerKey {
-    let layout = layout();
     let mut key = PeerKey {
         slot,
         generation,
-        protocol: field::<u16>(sock, layout.sock_protocol),
+        protocol: field::<u16>(sock, layout!(sock_protocol)),
         ..PeerKey::default()
     };
-    let family = field::<u16>(sock, layout.sock_family);
-    let port = field::<u16>(sock, layout.sock_dport);
+    let family = field::<u16>(sock, layout!(sock_family));
+    let port = field::<u16>(sock, layout!(sock_dport));
     let connected = match family {
         AF_INET => {
-            let addr = field::<u32>(sock, layout.sock_daddr);
+            let addr = field::<u32>(sock, layout!(sock_daddr));
             key.addr[..4].copy_from_slice(&addr.to_ne_bytes());
             addr != 0
         }
@@ -153,7 +151,7 @@ fn peer_key(sock: u64, slot: u32, generation: u32) -> PeerKey {
             // the verifier checks against the socket's BTF type.
             let mut any = 0;
             for (index, chunk) in key.addr.chunks_exact_mut(4).enumerate() {
-                let word = field::<u32>(sock, layout.sock_v6_daddr + 4 * index as u32);
+                let word = field::<u32>(sock, layout!(sock_v6_daddr) + 4 * index as u32);
                 chunk.copy_from_slice(&word.to_ne_bytes());
                 any |= word;
             }
