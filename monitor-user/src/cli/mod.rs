@@ -413,6 +413,12 @@ pub enum BenchLoad {
         #[arg(long, default_value_t = 200_000)]
         count: u64,
     },
+    /// COUNT short TCP connections over loopback: connect, 1 KiB up, 100
+    /// bytes back, close (a server thread of this process answers).
+    TcpConnections {
+        #[arg(long, default_value_t = 5_000)]
+        count: u64,
+    },
     /// COUNT synchronous 4 KiB writes (O_DIRECT | O_DSYNC) to a file in DIR.
     SyncWrites {
         #[arg(long, default_value_t = 2_000)]

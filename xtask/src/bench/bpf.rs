@@ -88,13 +88,16 @@ pub type Programs = BTreeMap<String, ProgramStats>;
 /// load under lockdown) and the tracepoints of the bpftrace peers, whose
 /// programs bpftrace names after the tracepoint. The kernel keeps 15 bytes
 /// of a name; bpftool shows the whole name only when BTF has it.
-const KNOWN_NAMES: [&str; 10] = [
+const KNOWN_NAMES: [&str; 13] = [
     "task_newtask",
     "sched_process_exit",
     "sched_process_free",
     "exec_discovery",
     "sock_send_length",
     "sock_recv_length",
+    "inet_sock_set_state",
+    "tcp_retransmit_skb",
+    "tcp_receive_reset",
     "sampling_pass",
     "tcp_splice_read",
     "unix_stream_splice_read",

@@ -145,6 +145,14 @@ fn loads(scale: f64) -> Vec<Load> {
             workload(&["bench", "udp-sends", "--count"], n(200_000.0).to_string()),
         ),
         load(
+            "short TCP connections (loopback)",
+            "connection",
+            workload(
+                &["bench", "tcp-connections", "--count"],
+                n(10_000.0).to_string(),
+            ),
+        ),
+        load(
             "synchronous 4 KiB disk writes",
             "write",
             workload(&["bench", "sync-writes", "--count"], n(2_000.0).to_string()),

@@ -13,13 +13,14 @@ use super::{
 
 /// Per-event programs that must stay under [`EVENT_NS`] each (the
 /// sampling pass is per round, not per event: it counts in the agent's CPU).
-const PER_EVENT_PROGRAMS: [&str; 6] = [
+const PER_EVENT_PROGRAMS: [&str; 7] = [
     "task_newtask",
     "sched_process_exit",
     "sched_process_free",
     "exec_discovery",
     "sock_send_length",
     "sock_recv_length",
+    "inet_sock_set_state",
 ];
 const EVENT_NS: f64 = 50.0;
 /// The pinned pipe's target is a median of at least this many rounds.

@@ -37,6 +37,7 @@ pub fn run(load: BenchLoad) -> anyhow::Result<Timing> {
         BenchLoad::Pingpong { rounds } => pingpong(rounds),
         BenchLoad::TcpStream { seconds } => tcp_stream(Duration::from_secs_f64(seconds)),
         BenchLoad::UdpSends { count } => udp_sends(count),
+        BenchLoad::TcpConnections { count } => tcp_connections(count),
         BenchLoad::SyncWrites { count, dir } => sync_writes(count, &dir),
         BenchLoad::Spawn { count } => spawn(count),
         BenchLoad::Tick { period_ms, spin_us } => loop {
@@ -134,6 +135,37 @@ fn udp_sends(count: u64) -> anyhow::Result<Timing> {
         while receiver.recv(&mut buffer).is_ok() {}
     }
     Ok(timed(count, started))
+}
+
+fn tcp_connections(count: u64) -> anyhow::Result<Timing> {
+    const UP: usize = 1024;
+    const DOWN: usize = 100;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let address = listener.local_addr()?;
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut request = [0u8; UP];
+        for _ in 0..count {
+            let (mut stream, _) = listener.accept()?;
+            stream.read_exact(&mut request)?;
+            stream.write_all(&[5u8; DOWN])?;
+        }
+        Ok(())
+    });
+    let started = Instant::now();
+    let mut answer = [0u8; DOWN];
+    for _ in 0..count {
+        let mut stream = TcpStream::connect(address)?;
+        stream.write_all(&[3u8; UP])?;
+        stream.read_exact(&mut answer)?;
+        // The server closes first, so TIME_WAIT stays on its one port
+        // rather than on thousands of ephemeral ones.
+        if stream.read(&mut answer)? != 0 {
+            bail!("the server sent more than {DOWN} bytes");
+        }
+    }
+    let timing = timed(count, started);
+    server.join().expect("server")?;
+    Ok(timing)
 }
 
 fn sync_writes(count: u64, dir: &std::path::Path) -> anyhow::Result<Timing> {
