@@ -1,0 +1,11 @@
+//! `propmon top`'s table, apart from where its figures come from (the
+//! subcommand, `cli::top`) and from the terminal:
+//!
+//! - `model`: tasks, rates between two messages of a task, sort keys, a
+//!   task's details; no terminal.
+//! - `format`: how figures are written, and the columns.
+//! - `text`: batch mode's plain tables.
+
+pub mod format;
+pub mod model;
+pub mod text;
