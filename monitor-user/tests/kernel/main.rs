@@ -15,6 +15,7 @@ mod lifecycle;
 mod mqtt;
 mod net;
 mod tcp_proxy;
+mod top;
 mod trust;
 
 use std::{
