@@ -9,6 +9,7 @@
 //! - `proplet`: the agent's own metrics; `propeller`: the Manager's control messages.
 //! - `state`: the task registry a restarted agent resumes from.
 //! - `input`: bounds on what users and messages give (files, ids, log text).
+//! - `top`: the table of `propmon top`, its terminal view and API client.
 //! - `cli`: one module per subcommand.
 
 pub mod cli;
@@ -25,3 +26,4 @@ pub mod proplet;
 #[cfg(unix)]
 pub mod state;
 pub mod tasks;
+pub mod top;

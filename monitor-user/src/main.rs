@@ -26,6 +26,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run(args) => propmon::cli::run::run(args),
         Command::Agent(args) => propmon::cli::agent::run(args),
         Command::Profiles(args) => propmon::cli::profiles::run(args),
+        Command::Top(args) => propmon::cli::top::run(args),
         #[cfg(unix)]
         Command::ForgetState(args) => propmon::cli::forget_state::run(args),
         #[cfg(not(unix))]

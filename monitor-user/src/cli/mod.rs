@@ -9,6 +9,7 @@ pub mod forget_state;
 pub mod profiles;
 pub mod run;
 pub mod signals;
+pub mod top;
 pub mod wake;
 #[cfg(target_os = "linux")]
 pub mod workload;
@@ -89,6 +90,13 @@ pub enum Command {
     /// its kernel state (the programs it left counting are detached). The
     /// tasks are not resumed by the next agent.
     ForgetState(ForgetStateArgs),
+    /// A live table of tasks (CPU, memory, disk, network, processes), like
+    /// top: of CMD, of attached processes, or of a running agent
+    /// (--connect); in the terminal, or as plain text (--batch).
+    ///
+    /// Keys: c, m, d, n sort by CPU, memory, disk, network; up and down
+    /// select a task; Enter shows its details; q quits.
+    Top(top::TopArgs),
     /// Built-in workloads with known ground truth, for the demo and the tests.
     Workload(WorkloadArgs),
 }

@@ -227,7 +227,7 @@ fn spawn_untracked(command: &mut Command) -> Result<tokio::process::Child, RunEr
 }
 
 /// CMD writes its stdout to our stderr: our stdout carries only metrics.
-fn stderr_stdio() -> anyhow::Result<Stdio> {
+pub(super) fn stderr_stdio() -> anyhow::Result<Stdio> {
     #[cfg(unix)]
     {
         use std::os::fd::AsFd as _;

@@ -1,6 +1,6 @@
 //! `/api/v1/tasks` and `/api/v1/tasks/{id}`: the latest message of every
 //! task that has not ended, as JSON, each exactly as it went to stdout
-//! (and, if exported, to MQTT): for scripts and a future `propmon top`.
+//! (and, if exported, to MQTT): for scripts and `propmon top --connect`.
 //!
 //! `/api/v1/tasks` is `{"tasks":[MESSAGE, ...]}`, sorted by task id;
 //! `/api/v1/tasks/{id}` is one MESSAGE, or `{"error":"..."}` with 404.

@@ -16,6 +16,7 @@ mod mqtt;
 mod net;
 mod peers;
 mod tcp_proxy;
+mod top;
 mod trust;
 
 use std::{
