@@ -385,18 +385,25 @@ fn assert_restored(output: &[u8]) {
 #[test]
 fn the_terminal_view_shows_tasks_details_and_restores_the_terminal() {
     let Some(_serial) = kernel_test() else { return };
-    let busy = propmon_bin().display().to_string();
-    let args = [
-        "top",
-        "--task-id",
-        "tui-busy",
-        "--",
-        &busy,
-        "workload",
-        "busy",
-        "--seconds",
-        "120",
-    ];
+    // An untracked peer on loopback, which the task talks to before it
+    // turns busy: its details must show that peer.
+    const PEER_PORT: u16 = 7391;
+    let mut peer = Command::new(propmon_bin())
+        .args(["workload", "net-peer", "--port", &PEER_PORT.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", PEER_PORT)).is_err() {
+        assert!(Instant::now() < deadline, "the peer never listened");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let bin = propmon_bin().display().to_string();
+    let script = format!(
+        "{bin} workload peers --tcp 127.0.0.1:{PEER_PORT} --bytes 100000 --report /dev/null \
+         && exec {bin} workload busy --seconds 120"
+    );
+    let args = ["top", "--task-id", "tui-busy", "--", "sh", "-c", &script];
     let mut terminal = Terminal::start(&args, 6, 50);
     terminal.wait_for_screen("the too-small message", |s| {
         s.contains("terminal too small")
@@ -412,9 +419,12 @@ fn the_terminal_view_shows_tasks_details_and_restores_the_terminal() {
         screen.contains("Network by protocol")
             && screen.contains("Peers")
             && screen.contains("tui-busy")
+            && screen.contains(&format!("127.0.0.1:{PEER_PORT}"))
     });
     terminal.type_keys(b"q");
     let status = terminal.wait();
+    let _ = peer.kill();
+    let _ = peer.wait();
     assert!(
         status.success(),
         "{status:?}; the screen:\n{}",
