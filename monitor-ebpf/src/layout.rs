@@ -2,11 +2,14 @@
 //! running kernel's BTF (`monitor_common::KernelLayout`): Rust eBPF has no
 //! CO-RE relocations yet.
 
-use aya_ebpf::{Global, helpers::bpf_probe_read_kernel};
+use aya_ebpf::helpers::bpf_probe_read_kernel;
 use monitor_common::{KERNEL_COUNTERS, KernelCounters, KernelLayout};
 
+/// The offsets, as zeros here: the loader writes the running kernel's
+/// over them (`EbpfLoader::override_global`) before load, and the
+/// verifier then knows each as a constant (a frozen read-only map).
 #[unsafe(no_mangle)]
-static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
+static LAYOUT: KernelLayout = KernelLayout {
     task_pid: 0,
     task_tgid: 0,
     task_sum_exec_runtime: 0,
@@ -27,11 +30,16 @@ static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
     mm_arg_end: 0,
     sock_family: 0,
     sock_protocol: 0,
-});
+};
 
+/// The offsets. The compiler must not use the zeros above, so it is
+/// handed the address through `black_box`; the fields are then read
+/// where used, each once, rather than the whole struct at every call
+/// (what `aya_ebpf::Global::load`'s volatile read of the struct does,
+/// which cost the socket hooks a load per field).
 #[inline(always)]
-pub fn layout() -> KernelLayout {
-    LAYOUT.load()
+pub fn layout() -> &'static KernelLayout {
+    core::hint::black_box(&LAYOUT)
 }
 
 /// Reads a field of a struct the verifier knows the BTF type of (a typed

@@ -83,9 +83,9 @@ fn add_to_snapshot(task: u64, flags: u32, record: &mut TaskRecord) {
     let snapshot = &mut record.snapshot;
     snapshot.processes += 1;
     snapshot.threads += field::<i32>(signal, layout.signal_nr_threads).max(0) as u64;
-    snapshot.rss_pages += resident_pages(task, &layout);
+    snapshot.rss_pages += resident_pages(task, layout);
     if flags & collect::FILE_DESCRIPTORS != 0 {
-        snapshot.file_descriptors += open_file_descriptors(task, &layout);
+        snapshot.file_descriptors += open_file_descriptors(task, layout);
     }
 }
 
