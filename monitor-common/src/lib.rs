@@ -102,9 +102,13 @@ pub mod maps {
     pub const PROVISIONAL_POOL: &str = "PROVISIONAL_POOL";
     /// `HashMap<[u8; DISCOVERY_ID_BYTES], SlotRef>`: ids with a provisional root.
     pub const PROVISIONAL: &str = "PROVISIONAL";
+    /// aya-log's ring buffer of kernel log records (defined by
+    /// `aya-log-ebpf`), pinned so that a restarted agent reads what the
+    /// programs a previous agent left attached log.
+    pub const LOGS: &str = "AYA_LOGS";
     /// Every map that must outlive the agent for its tasks to survive a
     /// restart (pinned in bpffs when the agent keeps state).
-    pub const PERSISTENT: [&str; 9] = [
+    pub const PERSISTENT: [&str; 10] = [
         THREADS,
         TASK_CONFIG,
         TASKS,
@@ -114,6 +118,7 @@ pub mod maps {
         DISCOVER,
         PROVISIONAL_POOL,
         PROVISIONAL,
+        LOGS,
     ];
 }
 
@@ -353,6 +358,12 @@ pub struct KernelStats {
     pub provisional_exhausted: u64,
     /// Module execs refused because they do not descend from the proplet.
     pub lineage_refused: u64,
+    /// Module execs whose provisional root could not be recorded (the
+    /// `PROVISIONAL` map was full).
+    pub discovery_map_full: u64,
+    /// Sampling passes that found the kernel structs not where the
+    /// offsets read from BTF say (a broken BTF): figures are wrong.
+    pub layout_mismatches: u64,
 }
 
 /// Something userspace must react to without polling every task.

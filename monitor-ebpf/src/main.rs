@@ -6,7 +6,8 @@
 //! storage. The kernel already counts CPU and disk per thread; the
 //! sampling pass (`pass`) and the thread's release charge those counters
 //! to its task (`charge`). Only what nothing else counts has a per-event
-//! hook: socket payload (`net`). Userspace reads the memory-mapped records.
+//! hook: socket payload (`net`). Userspace reads the memory-mapped records;
+//! losses are counted and logged (`diag`).
 #![no_std]
 #![no_main]
 // Atomic add and compare-and-swap: the BPF target declares no CAS, so
@@ -16,7 +17,9 @@
 #![allow(internal_features)]
 
 mod charge;
+mod diag;
 mod discovery;
+mod events;
 mod layout;
 mod maps;
 mod membership;

@@ -15,8 +15,8 @@ use aya_ebpf::{
 };
 use monitor_common::{
     Control, DISCOVERY_ARGV_BYTES, DISCOVERY_ID_BYTES, KernelStats, MAX_DISCOVERIES,
-    MAX_PROVISIONAL, MAX_TASKS, SlotRef, TASK_EVENTS_BYTES, TaskConfig, TaskEvent, TaskRecord,
-    ThreadState, switch,
+    MAX_PROVISIONAL, MAX_TASKS, SlotRef, TASK_EVENTS_BYTES, TaskConfig, TaskRecord, ThreadState,
+    switch,
 };
 
 /// `BPF_MAP_TYPE_TASK_STORAGE` (include/uapi/linux/bpf.h): aya-ebpf 0.2
@@ -209,14 +209,6 @@ pub fn kernel_stats() -> Option<&'static mut KernelStats> {
     CONTROL.get_ptr_mut(0).map(|p| unsafe { &mut (*p).stats })
 }
 
-/// Counts a loss in the health counters.
-#[inline(always)]
-pub fn count_loss(field: impl FnOnce(&mut KernelStats) -> &mut u64) {
-    if let Some(stats) = kernel_stats() {
-        add(field(stats), 1);
-    }
-}
-
 /// Adds to a counter with one atomic instruction: the same counter may be
 /// updated from several CPUs at once.
 #[inline(always)]
@@ -252,31 +244,4 @@ pub fn advance(mark: &mut u64, now: u64) -> u64 {
         seen = previous;
     }
     0
-}
-
-/// bpf_ringbuf_output flag (include/uapi/linux/bpf.h): wake the reader
-/// only when it has caught up, so a burst costs one wake-up.
-const BPF_RB_ADAPTIVE_WAKEUP: u64 = 0;
-
-/// Tells userspace about a task event; a full ring is counted.
-#[inline(always)]
-pub fn emit(event: &TaskEvent) {
-    if TASK_EVENTS
-        .output::<TaskEvent>(event, BPF_RB_ADAPTIVE_WAKEUP)
-        .is_err()
-    {
-        count_loss(|stats| &mut stats.event_drops);
-    }
-}
-
-/// An event about a slot and a process, without a task id.
-#[inline(always)]
-pub fn event(kind: u32, slot: u32, generation: u32, tgid: u32) -> TaskEvent {
-    TaskEvent {
-        kind,
-        slot,
-        generation,
-        tgid,
-        task_id: [0; DISCOVERY_ID_BYTES],
-    }
 }

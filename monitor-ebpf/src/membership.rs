@@ -23,11 +23,10 @@ use monitor_common::{SlotRef, TaskEvent, ThreadState, collect, thread};
 
 use crate::{
     charge::charge,
+    diag,
+    events::{emit, event},
     layout::task_ids,
-    maps::{
-        THREADS, add, count_loss, current_task, emit, event, member, task_config, task_record,
-        valid_membership,
-    },
+    maps::{THREADS, add, current_task, member, task_config, task_record, valid_membership},
 };
 
 #[btf_tracepoint(function = "task_newtask")]
@@ -47,14 +46,14 @@ pub fn task_newtask(ctx: BtfTracePointContext) -> u32 {
     } else if valid_membership(creator, state).is_none() {
         return 0;
     }
-    join_new_thread(child, target);
+    join_new_thread(&ctx, child, target);
     0
 }
 
 /// Makes a thread that has not run yet a member of `target`: it starts
 /// with zeroed counters (copy_process), so all of them are the task's.
 #[inline(always)]
-fn join_new_thread(task: u64, target: SlotRef) {
+fn join_new_thread(ctx: &BtfTracePointContext, task: u64, target: SlotRef) {
     let Some(config) = task_config(target.slot) else {
         return;
     };
@@ -68,7 +67,7 @@ fn join_new_thread(task: u64, target: SlotRef) {
         ..ThreadState::default()
     };
     if THREADS.get_or_insert(task, &mut initial).is_none() {
-        count_loss(|stats| &mut stats.storage_failures);
+        diag::storage_failure(ctx, task, target.slot);
         return;
     }
     count_joined(task, target.slot);
@@ -102,7 +101,10 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
         add(&mut record.procs_exited, 1);
     }
     let (_, tgid) = task_ids(task);
-    emit(&event(TaskEvent::PROCESS_EXITED, slot, generation, tgid));
+    emit(
+        &ctx,
+        &event(TaskEvent::PROCESS_EXITED, slot, generation, tgid),
+    );
     0
 }
 

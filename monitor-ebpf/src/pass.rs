@@ -7,17 +7,20 @@
 //! last charged (CPU, disk, network: see `charge`), and for each live
 //! process of a task it adds the point-in-time figures `/proc` would
 //! show: threads, resident pages, open file descriptors. A thread that
-//! belongs to an ended task loses its storage here.
+//! belongs to an ended task loses its storage here. At the end of the walk,
+//! the agent's own thread is read at the offsets from BTF and compared
+//! with what the kernel says of it: a cheap check of the layout.
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::generated::bpf_loop;
+use aya_ebpf::{EbpfContext, helpers::generated::bpf_loop};
 use monitor_common::{KernelLayout, Snapshot, TaskRecord, collect, thread};
 
 use crate::{
     charge::charge,
+    diag,
     layout::{field, layout, read, task_ids},
-    maps::{CONTROL, THREADS, task_record, valid_membership},
+    maps::{CONTROL, THREADS, current_task, task_record, valid_membership},
 };
 
 /// `struct bpf_iter__task` (include/linux/bpf.h): the iterator's context.
@@ -25,6 +28,15 @@ use crate::{
 pub struct IterTaskContext {
     meta: *const c_void,
     task: u64,
+}
+
+/// The iterator's context as aya sees program contexts (for logging).
+struct Pass(*const IterTaskContext);
+
+impl EbpfContext for Pass {
+    fn as_ptr(&self) -> *mut c_void {
+        self.0.cast_mut().cast()
+    }
 }
 
 #[unsafe(no_mangle)]
@@ -35,6 +47,8 @@ pub extern "C" fn sampling_pass(ctx: *const IterTaskContext) -> i32 {
     let task = unsafe { (*ctx).task };
     if task != 0 {
         visit(task);
+    } else {
+        check_layout(&Pass(ctx));
     }
     0
 }
@@ -55,6 +69,26 @@ fn visit(task: u64) {
     };
     charge(task, state, config.flags, record);
     add_to_snapshot(task, config.flags, record);
+}
+
+/// Reads the current thread (the agent's, which runs the pass) at the
+/// offsets from BTF and compares with the kernel's own answer: thread and
+/// process ids, and a live process with memory.
+#[inline(always)]
+fn check_layout(ctx: &Pass) {
+    let current = current_task();
+    let (pid, tgid) = task_ids(current);
+    let ids = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    let actual = (ids as u32, (ids >> 32) as u32);
+    let layout = layout();
+    let signal: u64 = field(current, layout.task_signal);
+    let plausible = field::<u64>(current, layout.task_mm) != 0
+        && signal != 0
+        && field::<i32>(signal, layout.signal_live) > 0
+        && field::<i32>(signal, layout.signal_nr_threads) > 0;
+    if (pid, tgid) != actual || !plausible {
+        diag::layout_mismatch(ctx, (pid, tgid), actual);
+    }
 }
 
 /// Adds a live process's point-in-time figures to its task's snapshot.

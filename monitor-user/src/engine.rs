@@ -28,7 +28,7 @@ use crate::{
     collect::{AlreadyMember, Backend, ProcessSample, SlotRole, SpawnError, TaskTotals},
     export::{Outgoing, Sink},
     input::untrusted,
-    message::{EndReason, Source},
+    message::{EndReason, KernelHealth, Source},
     profiles::{MonitoringProfile, Preset},
     tasks::{Observation, SlotAllocator, Task, TaskSpec, grid_after},
 };
@@ -208,6 +208,11 @@ impl Engine {
         let next_due = self.next_due(now, Some(&spec.profile));
         self.insert(Task::new(spec, slot, now, next_due));
         Ok(slot)
+    }
+
+    /// The kernel side's losses so far, if the backend has a kernel side.
+    pub fn kernel_health(&self) -> Option<KernelHealth> {
+        self.backend.kernel_health()
     }
 
     /// Names the task a process already belongs to.
@@ -472,9 +477,6 @@ impl Engine {
                     task.schedule_after(self.origin, now);
                 }
             }
-        }
-        if let Some(losses) = self.backend.new_losses() {
-            tracing::warn!("{losses}");
         }
         let ended_keys: Vec<u64> = self
             .tasks

@@ -405,7 +405,12 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
                 attribute_in_process(&mut engine, &settings, &mut in_process_checks, now);
                 if let Some(reporter) = proplet.as_mut().filter(|_| now >= next_proplet) {
                     let dropped = engine.sink_mut().dropped();
-                    let message = reporter.sample(engine.task_count(), dropped, engine.source());
+                    let message = reporter.sample(
+                        engine.task_count(),
+                        dropped,
+                        engine.source(),
+                        engine.kernel_health(),
+                    );
                     engine.sink_mut().send(&Outgoing::Proplet(message));
                     while next_proplet <= now {
                         next_proplet += settings.metrics_interval;

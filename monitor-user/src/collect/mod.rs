@@ -14,7 +14,10 @@ pub mod sysinfo;
 
 use monitor_common::{NET_BUCKETS, NetBucket};
 
-use crate::{message::Source, profiles::MonitoringProfile};
+use crate::{
+    message::{KernelHealth, Source},
+    profiles::MonitoringProfile,
+};
 
 /// A source of per-task figures.
 pub trait Backend: Send {
@@ -90,8 +93,11 @@ pub trait Backend: Send {
     /// longer charged to anyone.
     fn release(&mut self, slot: u32);
 
-    /// New losses (records the kernel could not make), as a log line.
-    fn new_losses(&mut self) -> Option<String>;
+    /// The kernel side's health counters (losses so far), if the backend
+    /// has a kernel side.
+    fn kernel_health(&self) -> Option<KernelHealth> {
+        None
+    }
 
     /// Whether the backend took up the kernel state a previous agent left.
     fn resumed(&self) -> bool {

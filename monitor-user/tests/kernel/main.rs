@@ -10,6 +10,7 @@ mod agent;
 mod cli;
 mod cpu;
 mod disk;
+mod health;
 mod lifecycle;
 mod mqtt;
 mod net;

@@ -4,11 +4,12 @@
 //! Order of work: preflight checks, BTF offsets, load with the offsets as
 //! globals (reusing the pinned maps of a previous agent when asked to keep
 //! state), attach every hook (or keep the pinned links), attach the
-//! sampling iterator, map the shared arrays. Dropping the backend detaches
-//! what is not pinned.
+//! sampling iterator, map the shared arrays, read the kernel's log
+//! records. Dropping the backend detaches what is not pinned.
 
 pub mod attach;
 pub mod btf;
+pub mod kernel_log;
 pub mod pins;
 pub mod preflight;
 pub mod sys;
@@ -27,6 +28,7 @@ use aya::{
     maps::{Array, HashMap, MapData, Queue, RingBuf},
     programs::{BtfTracePoint, FExit, Iter, links::FdLink},
 };
+use aya_log::EbpfLogger;
 use monitor_common::{
     Control, DISCOVERY_ID_BYTES, KernelStats, LAYOUT_GLOBAL, MAX_TASKS, NET_BUCKETS, SlotRef,
     TaskConfig, TaskEvent, TaskRecord, ThreadState, collect, maps, slot, switch, thread,
@@ -35,14 +37,18 @@ use tokio::process::{Child, Command};
 
 use self::{
     attach::{AttachError, TreeAttach},
+    kernel_log::KernelLog,
     pins::Pins,
-    sys::{IterLink, MappedArray, TaskStorage, thread_pidfd},
+    sys::{IterLink, MappedArray, Poll, TaskStorage, thread_pidfd},
 };
 use super::{
     Backend, BackendEvents, DiskDetails, DiskTotals, NetTotals, ProcessSample, SlotRole,
     SpawnError, TaskTotals, USER_WORDS,
 };
-use crate::{message::Source, profiles::MonitoringProfile};
+use crate::{
+    message::{KernelHealth, Source},
+    profiles::MonitoringProfile,
+};
 
 /// The kernel object built from `monitor-ebpf` by build.rs.
 static PROGRAMS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
@@ -162,11 +168,17 @@ pub struct EbpfBackend {
     provisional_pool: Queue<MapData, SlotRef>,
     provisional: HashMap<MapData, [u8; DISCOVERY_ID_BYTES], SlotRef>,
     events: RingBuf<MapData>,
+    /// The kernel's log records, to the agent's log (`None` if aya-log's
+    /// map could not be read: the counts still reach the proplet message).
+    kernel_log: Option<EbpfLogger<KernelLog>>,
+    /// Readable when there are events or log records.
+    poll: Poll,
     /// Task ids the kernel is looking for.
     discovering: BTreeMap<String, u32>,
     /// Slots in use, for a full sweep when events were lost.
     active: BTreeSet<u32>,
-    reported: KernelStats,
+    /// Events lost so far, as last seen.
+    event_drops: u64,
     /// Whether the kernel state came from a previous agent.
     resumed: bool,
     /// Whether the kernel state is pinned for the next agent.
@@ -244,13 +256,30 @@ impl EbpfBackend {
         let control: MappedArray<Control> =
             MappedArray::map(map_data(&ebpf, maps::CONTROL)?.fd().as_fd(), 1)
                 .context("mapping CONTROL")?;
-        let reported = control.get(0).stats;
+        let event_drops = control.get(0).stats.event_drops;
+        let kernel_log = match EbpfLogger::init_with_logger(&mut ebpf, KernelLog) {
+            Ok(logger) => Some(logger),
+            Err(err) => {
+                tracing::warn!(
+                    "the kernel programs' log records cannot be read ({err}): their losses are \
+                     only counted in the proplet-level message"
+                );
+                None
+            }
+        };
+        let events = RingBuf::try_from(take_map(&mut ebpf, maps::TASK_EVENTS)?)?;
+        let poll = Poll::new(
+            std::iter::once(events.as_fd()).chain(kernel_log.as_ref().map(|log| log.as_fd())),
+        )
+        .context("waiting for kernel events (epoll)")?;
         Ok(EbpfBackend {
             switches: Array::try_from(take_map(&mut ebpf, maps::SWITCHES)?)?,
             discover: HashMap::try_from(take_map(&mut ebpf, maps::DISCOVER)?)?,
             provisional_pool: Queue::try_from(take_map(&mut ebpf, maps::PROVISIONAL_POOL)?)?,
             provisional: HashMap::try_from(take_map(&mut ebpf, maps::PROVISIONAL)?)?,
-            events: RingBuf::try_from(take_map(&mut ebpf, maps::TASK_EVENTS)?)?,
+            events,
+            kernel_log,
+            poll,
             _ebpf: ebpf,
             _pinned_links: pinned_links,
             pass_link,
@@ -260,7 +289,7 @@ impl EbpfBackend {
             control,
             discovering: BTreeMap::new(),
             active: BTreeSet::new(),
-            reported,
+            event_drops,
             resumed: pins.as_ref().is_some_and(|pins| pins.resumed()),
             pinned: pins.is_some(),
         })
@@ -484,6 +513,9 @@ impl Backend for EbpfBackend {
     }
 
     fn events(&mut self) -> BackendEvents {
+        if let Some(log) = self.kernel_log.as_mut() {
+            log.flush();
+        }
         let mut result = BackendEvents::default();
         while let Some(item) = self.events.next() {
             let Some(event) = read_event(&item) else {
@@ -507,9 +539,9 @@ impl Backend for EbpfBackend {
             }
         }
         let drops = self.kernel_stats().event_drops;
-        if drops > self.reported.event_drops {
+        if drops > self.event_drops {
             // Events were lost: look at every task once.
-            self.reported.event_drops = drops;
+            self.event_drops = drops;
             result.maybe_ended.extend(self.active.iter().copied());
         }
         result.maybe_ended.sort_unstable();
@@ -518,7 +550,7 @@ impl Backend for EbpfBackend {
     }
 
     fn event_fd(&self) -> Option<i32> {
-        Some(self.events.as_raw_fd())
+        Some(self.poll.as_raw_fd())
     }
 
     fn release(&mut self, slot: u32) {
@@ -576,40 +608,22 @@ impl Backend for EbpfBackend {
         }
     }
 
-    fn new_losses(&mut self) -> Option<String> {
-        let stats = self.kernel_stats();
-        let storage = stats.storage_failures - self.reported.storage_failures;
-        let refused = stats.lineage_refused - self.reported.lineage_refused;
-        let exhausted = stats.provisional_exhausted - self.reported.provisional_exhausted;
-        let argv = stats.argv_read_failures - self.reported.argv_read_failures;
-        self.reported = KernelStats {
-            event_drops: self.reported.event_drops,
-            ..stats
-        };
-        let mut lines = Vec::new();
-        if storage > 0 {
-            lines.push(format!(
-                "the kernel could not give {storage} new threads their task (out of memory): \
-                 their figures are missing"
-            ));
+    fn kernel_health(&self) -> Option<KernelHealth> {
+        Some(KernelHealth::from(self.kernel_stats()))
+    }
+}
+
+impl From<KernelStats> for KernelHealth {
+    fn from(stats: KernelStats) -> Self {
+        KernelHealth {
+            storage_failures: stats.storage_failures,
+            event_drops: stats.event_drops,
+            argv_read_failures: stats.argv_read_failures,
+            provisional_exhausted: stats.provisional_exhausted,
+            lineage_refused: stats.lineage_refused,
+            discovery_map_full: stats.discovery_map_full,
+            layout_mismatches: stats.layout_mismatches,
         }
-        if refused > 0 {
-            lines.push(format!(
-                "{refused} module execs were refused: they do not descend from the proplet"
-            ));
-        }
-        if exhausted > 0 {
-            lines.push(format!(
-                "{exhausted} module execs came before their start message with no provisional \
-                 slot left: those tasks will be found only if they exec again"
-            ));
-        }
-        if argv > 0 {
-            lines.push(format!(
-                "{argv} execs could not be searched for a module (argv unreadable)"
-            ));
-        }
-        (!lines.is_empty()).then(|| lines.join("; "))
     }
 }
 
