@@ -42,10 +42,11 @@ enum Kind {
     Lineage = 3,
     ProvisionalEmpty = 4,
     DiscoveryFull = 5,
-    Layout = 6,
+    Move = 6,
+    Layout = 7,
 }
 
-const KINDS: u32 = 7;
+const KINDS: u32 = 8;
 
 /// When the next line of a kind may be logged, and how many were not.
 #[repr(C)]
@@ -188,6 +189,27 @@ pub fn discovery_map_full<C: EbpfContext>(ctx: &C, tgid: u32) {
         warn!(
             ctx,
             "process {} exec'd a module before its start message and the map of provisional roots is full: a second exec of it may take another slot ({} so far, {} not logged since the last line)",
+            tgid,
+            total,
+            skipped
+        );
+    }
+}
+
+/// Threads of a process that moved between cgroups whose move could not
+/// be recorded (counted by the caller): they stay in their old task (or
+/// in none).
+#[inline(never)]
+pub fn moves_lost<C: EbpfContext>(ctx: &C, tgid: u32) {
+    let Some(stats) = kernel_stats() else {
+        return;
+    };
+    // SAFETY: an aligned u64 in a map value.
+    let total = unsafe { ptr::read_volatile(&stats.move_failures) };
+    if let Some(skipped) = admit(Kind::Move) {
+        warn!(
+            ctx,
+            "process {} changed cgroup but some of its threads could not follow (too many pending moves): they keep their old task ({} threads so far, {} lines not logged since the last one)",
             tgid,
             total,
             skipped

@@ -36,10 +36,9 @@ use crate::{
     events::{emit, event},
     layout::{field, layout, task_ids},
     maps::{
-        ARGV_SCRATCH, Argv, DISCOVER, PROVISIONAL, PROVISIONAL_POOL, THREADS, add, current_task,
-        switch_on, task_config, task_record, valid_membership,
+        ARGV_SCRATCH, Argv, DISCOVER, PROVISIONAL, PROVISIONAL_POOL, THREADS, add, count_joined,
+        current_task, switch_on, task_config, task_record, valid_membership,
     },
-    membership::count_joined,
 };
 
 #[btf_tracepoint(function = "sched_process_exec")]

@@ -30,6 +30,17 @@ static LAYOUT: KernelLayout = KernelLayout {
     mm_arg_end: 0,
     sock_family: 0,
     sock_protocol: 0,
+    task_flags: 0,
+    task_thread_node: 0,
+    signal_thread_head: 0,
+    task_cgroups: 0,
+    css_set_dfl_cgrp: 0,
+    cgroup_kn: 0,
+    kernfs_node_id: 0,
+    cgroup_root: 0,
+    cgroup_root_hierarchy_id: 0,
+    cgroup_parent: 0,
+    css_cgroup: 0,
 };
 
 /// The offsets. The compiler must not use the zeros above, so it is
@@ -76,6 +87,12 @@ pub fn task_ids(task: u64) -> (u32, u32) {
 /// `/proc/<tid>/schedstat` and `/proc/<tid>/io` print them.
 #[inline(always)]
 pub fn kernel_counters(task: u64) -> [u64; KERNEL_COUNTERS] {
+    counters_of(task).as_array()
+}
+
+/// [`kernel_counters`] as the struct.
+#[inline(always)]
+pub fn counters_of(task: u64) -> KernelCounters {
     let layout = layout();
     let ioac = |index: usize| field::<u64>(task, layout.ioac_fields[index]);
     KernelCounters {
@@ -88,5 +105,22 @@ pub fn kernel_counters(task: u64) -> [u64; KERNEL_COUNTERS] {
         write_bytes: ioac(5),
         cancelled_write_bytes: ioac(6),
     }
-    .as_array()
+}
+
+/// The same counters of a `struct task_struct` the verifier has no type
+/// for (found by walking a list): read with `bpf_probe_read_kernel`.
+#[inline(always)]
+pub fn counters_at(task: u64) -> Option<KernelCounters> {
+    let layout = layout();
+    let ioac = |index: usize| read::<u64>(task, u64::from(layout.ioac_fields[index]));
+    Some(KernelCounters {
+        cpu_ns: read::<u64>(task, u64::from(layout.task_sum_exec_runtime))?,
+        rchar: ioac(0)?,
+        wchar: ioac(1)?,
+        syscr: ioac(2)?,
+        syscw: ioac(3)?,
+        read_bytes: ioac(4)?,
+        write_bytes: ioac(5)?,
+        cancelled_write_bytes: ioac(6)?,
+    })
 }

@@ -1,9 +1,10 @@
 //! propmon's kernel side: per-task accounting, decided in the kernel.
 //!
 //! A *task* is a slot number (and generation) chosen by userspace. Threads
-//! join a task when they are created (`membership`) or when they exec a
-//! task's module (`discovery`), and their task is kept in their task-local
-//! storage. The kernel already counts CPU and disk per thread; the
+//! join a task when they are created (`membership`), when they exec a
+//! task's module (`discovery`) or when their process moves into a cgroup
+//! that defines a task (`cgroup`, `moves`), and their task is kept in their
+//! task-local storage. The kernel already counts CPU and disk per thread; the
 //! sampling pass (`pass`) and the thread's release charge those counters
 //! to its task (`charge`). Only what nothing else counts has a per-event
 //! hook: socket payload (`net`). Userspace reads the memory-mapped records;
@@ -16,6 +17,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod cgroup;
 mod charge;
 mod diag;
 mod discovery;
@@ -23,6 +25,7 @@ mod events;
 mod layout;
 mod maps;
 mod membership;
+mod moves;
 mod net;
 mod pass;
 

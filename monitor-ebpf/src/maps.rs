@@ -14,10 +14,12 @@ use aya_ebpf::{
     maps::{Array, HashMap, Queue, RingBuf},
 };
 use monitor_common::{
-    Control, DISCOVERY_ARGV_BYTES, DISCOVERY_ID_BYTES, KernelStats, MAX_DISCOVERIES,
-    MAX_PROVISIONAL, MAX_TASKS, SlotRef, TASK_EVENTS_BYTES, TaskConfig, TaskRecord, ThreadState,
-    switch,
+    Control, DISCOVERY_ARGV_BYTES, DISCOVERY_ID_BYTES, KernelStats, MAX_CGROUP_TASKS,
+    MAX_DISCOVERIES, MAX_PENDING_MOVES, MAX_PROVISIONAL, MAX_TASKS, PendingMove, SlotRef,
+    TASK_EVENTS_BYTES, TaskConfig, TaskRecord, ThreadState, switch,
 };
+
+use crate::layout::task_ids;
 
 /// `BPF_MAP_TYPE_TASK_STORAGE` (include/uapi/linux/bpf.h): aya-ebpf 0.2
 /// has no definition for it, so this is the BTF map definition libbpf
@@ -125,6 +127,17 @@ pub static PROVISIONAL_POOL: Queue<SlotRef> = Queue::with_max_entries(MAX_PROVIS
 pub static PROVISIONAL: HashMap<[u8; DISCOVERY_ID_BYTES], SlotRef> =
     HashMap::with_max_entries(MAX_PROVISIONAL, BPF_F_NO_PREALLOC);
 
+/// Cgroups (v2) that define a task: cgroup id -> task, filled by userspace.
+#[map(name = "CGROUPS")]
+pub static CGROUPS: HashMap<u64, SlotRef> =
+    HashMap::with_max_entries(MAX_CGROUP_TASKS, BPF_F_NO_PREALLOC);
+
+/// Threads whose process changed cgroup, by thread id, until the next
+/// look at them settles the move (`moves`).
+#[map(name = "PENDING_MOVES")]
+pub static PENDING_MOVES: HashMap<u32, PendingMove> =
+    HashMap::with_max_entries(MAX_PENDING_MOVES, BPF_F_NO_PREALLOC);
+
 /// Per-CPU room for an argv being searched (too big for the BPF stack).
 #[map(name = "ARGV_SCRATCH")]
 pub static ARGV_SCRATCH: aya_ebpf::maps::PerCpuArray<Argv> =
@@ -207,6 +220,36 @@ pub fn switch_on(index: u32) -> bool {
 pub fn kernel_stats() -> Option<&'static mut KernelStats> {
     // SAFETY: as for `task_record`.
     CONTROL.get_ptr_mut(0).map(|p| unsafe { &mut (*p).stats })
+}
+
+/// The count of `PENDING_MOVES` entries.
+#[inline(always)]
+pub fn moves_pending() -> Option<&'static mut u64> {
+    // SAFETY: as for `task_record`.
+    CONTROL
+        .get_ptr_mut(0)
+        .map(|p| unsafe { &mut (*p).moves_pending })
+}
+
+/// Whether some thread has a move to settle: one load, so that the hooks
+/// that settle moves cost nothing more while there is none.
+#[inline(always)]
+pub fn any_move_pending() -> bool {
+    // SAFETY: an aligned u64 in a map value.
+    moves_pending().is_some_and(|count| unsafe { ptr::read_volatile(count) } != 0)
+}
+
+/// Counts a thread (and, for a thread-group leader, its process) in.
+#[inline(always)]
+pub fn count_joined(task: u64, slot: u32) {
+    let Some(record) = task_record(slot) else {
+        return;
+    };
+    add(&mut record.threads_started, 1);
+    let (pid, tgid) = task_ids(task);
+    if pid == tgid {
+        add(&mut record.procs_started, 1);
+    }
 }
 
 /// Adds to a counter with one atomic instruction: the same counter may be

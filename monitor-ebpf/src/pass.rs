@@ -7,7 +7,8 @@
 //! last charged (CPU, disk, network: see `charge`), and for each live
 //! process of a task it adds the point-in-time figures `/proc` would
 //! show: threads, resident pages, open file descriptors. A thread that
-//! belongs to an ended task loses its storage here. At the end of the walk,
+//! belongs to an ended task loses its storage here, and a thread whose
+//! process changed cgroup is settled (`moves`). At the end of the walk,
 //! the agent's own thread is read at the offsets from BTF and compared
 //! with what the kernel says of it: a cheap check of the layout.
 
@@ -21,6 +22,7 @@ use crate::{
     diag,
     layout::{field, layout, read, task_ids},
     maps::{CONTROL, THREADS, current_task, task_record, valid_membership},
+    moves::settle,
 };
 
 /// `struct bpf_iter__task` (include/linux/bpf.h): the iterator's context.
@@ -46,7 +48,7 @@ pub extern "C" fn sampling_pass(ctx: *const IterTaskContext) -> i32 {
     // the end of the walk.
     let task = unsafe { (*ctx).task };
     if task != 0 {
-        visit(task);
+        visit(&Pass(ctx), task);
     } else {
         check_layout(&Pass(ctx));
     }
@@ -54,7 +56,8 @@ pub extern "C" fn sampling_pass(ctx: *const IterTaskContext) -> i32 {
 }
 
 #[inline(always)]
-fn visit(task: u64) {
+fn visit(ctx: &Pass, task: u64) {
+    settle(ctx, task, false);
     let Some(state) = THREADS.get(task) else {
         return;
     };

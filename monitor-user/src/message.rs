@@ -84,6 +84,14 @@ pub struct TaskMetrics {
     /// Processes that ever belonged to the task (the root counts), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processes_started: Option<u64>,
+    /// Tasks defined by a cgroup: its `memory.current` (bytes charged to
+    /// the cgroup, page cache included), where the file exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_usage_bytes: Option<u64>,
+    /// Tasks defined by a cgroup: its `memory.max`, unless there is none
+    /// (the file says `max`, or does not exist).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_limit_bytes: Option<u64>,
     /// Same as the top-level `timestamp`.
     pub timestamp: String,
 }
@@ -220,6 +228,8 @@ pub struct KernelHealth {
     pub lineage_refused: u64,
     /// Provisional roots the discovery map had no room for.
     pub discovery_map_full: u64,
+    /// Threads that could not follow their process to another cgroup.
+    pub move_failures: u64,
     /// Passes that found the kernel's structs not where BTF says.
     pub layout_mismatches: u64,
 }

@@ -7,6 +7,7 @@
 //! on a 2-core machine. A lock serialises them anyway.
 
 mod agent;
+mod cgroup;
 mod cli;
 mod cpu;
 mod disk;

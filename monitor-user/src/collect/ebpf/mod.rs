@@ -15,7 +15,7 @@ pub mod preflight;
 pub mod sys;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     mem::offset_of,
     os::fd::{AsFd as _, AsRawFd as _},
     path::Path,
@@ -30,20 +30,21 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use monitor_common::{
-    Control, DISCOVERY_ID_BYTES, KernelStats, LAYOUT_GLOBAL, MAX_TASKS, NET_BUCKETS, SlotRef,
-    TaskConfig, TaskEvent, TaskRecord, ThreadState, collect, maps, slot, switch, thread,
+    Control, DISCOVERY_ID_BYTES, KernelStats, LAYOUT_GLOBAL, MAX_CGROUP_TASKS, MAX_TASKS,
+    NET_BUCKETS, SlotRef, TaskConfig, TaskEvent, TaskRecord, ThreadState, collect, maps, slot,
+    switch, thread,
 };
 use tokio::process::{Child, Command};
 
 use self::{
-    attach::{AttachError, TreeAttach},
+    attach::{AttachError, CgroupAttach, ThreadJoin, TreeAttach},
     kernel_log::KernelLog,
     pins::Pins,
     sys::{IterLink, MappedArray, Poll, TaskStorage, thread_pidfd},
 };
 use super::{
     Backend, BackendEvents, DiskDetails, DiskTotals, NetTotals, ProcessSample, SlotRole,
-    SpawnError, TaskTotals, USER_WORDS,
+    SpawnError, TaskTotals, USER_WORDS, cgroup::Cgroup,
 };
 use crate::{
     message::{KernelHealth, Source},
@@ -61,6 +62,7 @@ const HOOKS: &[Hook] = &[
     Hook::required(Kind::Tracepoint, "sock_send_length", "sock_send_length"),
     Hook::required(Kind::Tracepoint, "sock_recv_length", "sock_recv_length"),
     Hook::required(Kind::Tracepoint, "exec_discovery", "sched_process_exec"),
+    Hook::required(Kind::Tracepoint, "cgroup_attach_task", "cgroup_attach_task"),
     Hook::optional(
         Kind::FExit,
         "tcp_splice_read",
@@ -167,6 +169,7 @@ pub struct EbpfBackend {
     discover: HashMap<MapData, [u8; DISCOVERY_ID_BYTES], SlotRef>,
     provisional_pool: Queue<MapData, SlotRef>,
     provisional: HashMap<MapData, [u8; DISCOVERY_ID_BYTES], SlotRef>,
+    cgroups: HashMap<MapData, u64, SlotRef>,
     events: RingBuf<MapData>,
     /// The kernel's log records, to the agent's log (`None` if aya-log's
     /// map could not be read: the counts still reach the proplet message).
@@ -177,6 +180,8 @@ pub struct EbpfBackend {
     discovering: BTreeMap<String, u32>,
     /// Slots in use, for a full sweep when events were lost.
     active: BTreeSet<u32>,
+    /// The cgroup id of each task defined by a cgroup.
+    cgroup_slots: BTreeMap<u32, u64>,
     /// Events lost so far, as last seen.
     event_drops: u64,
     /// Whether the kernel state came from a previous agent.
@@ -272,11 +277,12 @@ impl EbpfBackend {
             std::iter::once(events.as_fd()).chain(kernel_log.as_ref().map(|log| log.as_fd())),
         )
         .context("waiting for kernel events (epoll)")?;
-        Ok(EbpfBackend {
+        let mut backend = EbpfBackend {
             switches: Array::try_from(take_map(&mut ebpf, maps::SWITCHES)?)?,
             discover: HashMap::try_from(take_map(&mut ebpf, maps::DISCOVER)?)?,
             provisional_pool: Queue::try_from(take_map(&mut ebpf, maps::PROVISIONAL_POOL)?)?,
             provisional: HashMap::try_from(take_map(&mut ebpf, maps::PROVISIONAL)?)?,
+            cgroups: HashMap::try_from(take_map(&mut ebpf, maps::CGROUPS)?)?,
             events,
             kernel_log,
             poll,
@@ -289,10 +295,29 @@ impl EbpfBackend {
             control,
             discovering: BTreeMap::new(),
             active: BTreeSet::new(),
+            cgroup_slots: BTreeMap::new(),
             event_drops,
             resumed: pins.as_ref().is_some_and(|pins| pins.resumed()),
             pinned: pins.is_some(),
-        })
+        };
+        backend.keep_live_cgroups()?;
+        Ok(backend)
+    }
+
+    /// Kernel state left by a previous agent: the cgroups of tasks still
+    /// in their slots are kept (the engine takes those tasks up), the
+    /// others forgotten.
+    fn keep_live_cgroups(&mut self) -> anyhow::Result<()> {
+        let entries: Vec<(u64, SlotRef)> = self.cgroups.iter().filter_map(Result::ok).collect();
+        for (id, target) in entries {
+            if self.live_generation(target.slot) == Some(target.generation) {
+                self.cgroup_slots.insert(target.slot, id);
+            } else {
+                let _ = self.cgroups.remove(&id);
+            }
+        }
+        let any = !self.cgroup_slots.is_empty();
+        self.set_switch(switch::CGROUPS, any)
     }
 
     /// Records the kernel could not make, since the maps were created.
@@ -355,6 +380,7 @@ impl Backend for EbpfBackend {
                     collect::ALL | slot::YIELDS_TO_DISCOVERY | slot::PROPLET_LINEAGE
                 }
                 SlotRole::Provisional => collect::ALL,
+                SlotRole::Cgroup => collect_flags(profile) | slot::CGROUP,
             };
         self.set_config(slot, TaskConfig { generation, flags });
         self.active.insert(slot);
@@ -394,13 +420,8 @@ impl Backend for EbpfBackend {
     }
 
     fn attach(&mut self, slot: u32, pid: u32) -> anyhow::Result<()> {
-        let config = self.config.get(slot);
         let tree = TreeAttach {
-            storage: &self.threads,
-            config: &self.config,
-            records: &self.records,
-            target: self.target(slot),
-            flags: config.flags & collect::ALL,
+            threads: self.thread_join(slot),
         };
         let attached = tree.run(pid).map_err(|err| match err {
             AttachError::Owned { pid, slot } => {
@@ -410,6 +431,57 @@ impl Backend for EbpfBackend {
         })?;
         tracing::debug!("attached PID {pid}: {attached:?}");
         // Baselines are taken, and the tree shows, at once.
+        self.run_pass()
+    }
+
+    fn attach_cgroup(&mut self, slot: u32, cgroup: &Cgroup) -> anyhow::Result<()> {
+        let target = self.target(slot);
+        if let Ok(owner) = self.cgroups.get(&cgroup.id, 0)
+            && owner != target
+            && self.live_generation(owner.slot) == Some(owner.generation)
+        {
+            return Err(anyhow::Error::new(super::CgroupTaken { slot: owner.slot }));
+        }
+        // First the kernel follows migrations, then we attach who is
+        // there: a process moving in meanwhile is a member either way.
+        self.cgroups
+            .insert(cgroup.id, target, 0)
+            .map_err(|err| match err {
+                aya::maps::MapError::SyscallError(ref e)
+                    if e.io_error.raw_os_error() == Some(libc::E2BIG) =>
+                {
+                    anyhow!("at most {MAX_CGROUP_TASKS} cgroups can define tasks at once")
+                }
+                other => anyhow::Error::new(other).context("registering the cgroup"),
+            })?;
+        if let Some(old) = self.cgroup_slots.insert(slot, cgroup.id)
+            && old != cgroup.id
+        {
+            let _ = self.cgroups.remove(&old); // the cgroup was made again
+        }
+        self.set_switch(switch::CGROUPS, true)?;
+        let others: HashSet<u64> = self
+            .cgroup_slots
+            .iter()
+            .filter(|(other, _)| **other != slot)
+            .map(|(_, id)| *id)
+            .collect();
+        let attached = CgroupAttach {
+            threads: self.thread_join(slot),
+            cgroup,
+            others: &others,
+        }
+        .run()
+        .with_context(|| format!("attaching the processes in cgroup {}", cgroup.path))?;
+        tracing::debug!("attached cgroup {}: {attached:?}", cgroup.path);
+        if attached.kept_by_other_tasks > 0 {
+            tracing::warn!(
+                "cgroup {}: {} processes in it already belong to other tasks and stay there \
+                 (a process belongs to one task)",
+                cgroup.path,
+                attached.kept_by_other_tasks
+            );
+        }
         self.run_pass()
     }
 
@@ -517,6 +589,7 @@ impl Backend for EbpfBackend {
             log.flush();
         }
         let mut result = BackendEvents::default();
+        let mut moved = false;
         while let Some(item) = self.events.next() {
             let Some(event) = read_event(&item) else {
                 continue;
@@ -525,6 +598,10 @@ impl Backend for EbpfBackend {
                 continue; // about a task that ended since
             }
             match event.kind {
+                TaskEvent::MOVED => {
+                    moved = true;
+                    result.maybe_ended.push(event.slot);
+                }
                 TaskEvent::DISCOVERED => {
                     self.discovering.retain(|_, slot| *slot != event.slot);
                     result.discovered.push(event.slot);
@@ -540,9 +617,16 @@ impl Backend for EbpfBackend {
         }
         let drops = self.kernel_stats().event_drops;
         if drops > self.event_drops {
-            // Events were lost: look at every task once.
+            // Events were lost: look at every task once, and settle any
+            // move at once.
             self.event_drops = drops;
             result.maybe_ended.extend(self.active.iter().copied());
+            moved = true;
+        }
+        if moved && let Err(err) = self.run_pass() {
+            // A process changed cgroup: its other threads change task at
+            // the next look at them, which this pass is.
+            tracing::warn!("{err:#}");
         }
         result.maybe_ended.sort_unstable();
         result.maybe_ended.dedup();
@@ -558,6 +642,14 @@ impl Backend for EbpfBackend {
             return;
         }
         self.active.remove(&slot);
+        if let Some(id) = self.cgroup_slots.remove(&slot) {
+            let _ = self.cgroups.remove(&id);
+            if self.cgroup_slots.is_empty()
+                && let Err(err) = self.set_switch(switch::CGROUPS, false)
+            {
+                tracing::debug!("{err:#}");
+            }
+        }
         let generation = self.config.get(slot).generation.wrapping_add(1);
         // Every thread that still names the slot is a stranger from now on.
         self.set_config(
@@ -613,6 +705,19 @@ impl Backend for EbpfBackend {
     }
 }
 
+impl EbpfBackend {
+    /// Joins threads to the task in `slot`.
+    fn thread_join(&self, slot: u32) -> ThreadJoin<'_> {
+        ThreadJoin {
+            storage: &self.threads,
+            config: &self.config,
+            records: &self.records,
+            target: self.target(slot),
+            flags: self.config.get(slot).flags & collect::ALL,
+        }
+    }
+}
+
 impl From<KernelStats> for KernelHealth {
     fn from(stats: KernelStats) -> Self {
         KernelHealth {
@@ -622,6 +727,7 @@ impl From<KernelStats> for KernelHealth {
             provisional_exhausted: stats.provisional_exhausted,
             lineage_refused: stats.lineage_refused,
             discovery_map_full: stats.discovery_map_full,
+            move_failures: stats.move_failures,
             layout_mismatches: stats.layout_mismatches,
         }
     }
