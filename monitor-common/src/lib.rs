@@ -42,6 +42,19 @@ pub const NO_ROW: u32 = u32::MAX;
 /// Bytes of the `TASK_EVENTS` ring buffer (a power of two, page multiple).
 pub const TASK_EVENTS_BYTES: u32 = 256 * 1024;
 
+/// Cgroups that define a task (`CGROUPS`: `propmon agent --attach-cgroup`).
+pub const MAX_CGROUP_TASKS: u32 = 256;
+/// Levels of the cgroup tree the kernel looks up from a process's cgroup
+/// for one that defines a task: a process in a sub-cgroup of a task's
+/// cgroup belongs to it, up to this many levels below.
+pub const CGROUP_DEPTH: u32 = 16;
+/// Threads whose process moved between cgroups and that have not been
+/// looked at since (`PENDING_MOVES`); also the most threads of one
+/// process a migration records.
+pub const MAX_PENDING_MOVES: u32 = 8192;
+/// [`SlotRef::slot`] of a move that leaves every task.
+pub const NO_SLOT: u32 = u32::MAX;
+
 /// Per-task collection flags (in [`TaskConfig::flags`], copied into each
 /// thread's [`ThreadState::flags`]): the kernel skips what is not asked for.
 pub mod collect {
@@ -64,6 +77,9 @@ pub mod slot {
     /// Members descend from the proplet process: exec discovery accepts
     /// them when `switch::REQUIRE_LINEAGE` is on.
     pub const PROPLET_LINEAGE: u32 = 1 << 9;
+    /// The task is defined by a cgroup (`CGROUPS`): a member moved out of
+    /// it leaves the task.
+    pub const CGROUP: u32 = 1 << 11;
 }
 
 /// Per-thread flags, in [`ThreadState::flags`] above the `collect` bits.
@@ -82,7 +98,10 @@ pub mod switch {
     pub const DISCOVERY: u32 = 0;
     /// Exec discovery accepts only descendants of the proplet process.
     pub const REQUIRE_LINEAGE: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// Some task is defined by a cgroup: migrations and processes created
+    /// straight into a cgroup (`CLONE_INTO_CGROUP`) are looked at.
+    pub const CGROUPS: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 /// Names of the maps, as the loader looks them up.
@@ -116,9 +135,19 @@ pub mod maps {
     pub const FREE_PEER_ROWS: &str = "FREE_PEER_ROWS";
     /// `SK_STORAGE<SocketState>`: the peer row of a task's socket.
     pub const SOCKETS: &str = "SOCKETS";
+    /// `HashMap<u64 cgroup id, SlotRef>`: cgroups (v2) that define a task;
+    /// the id is the cgroup directory's inode number (`kernfs_node.id`).
+    pub const CGROUPS: &str = "CGROUPS";
+    /// `HashMap<u32 thread id, PendingMove>`: threads of a process that
+    /// moved between cgroups, to settle at the next look at them.
+    pub const PENDING_MOVES: &str = "PENDING_MOVES";
+    /// aya-log's ring buffer of kernel log records (defined by
+    /// `aya-log-ebpf`), pinned so that a restarted agent reads what the
+    /// programs a previous agent left attached log.
+    pub const LOGS: &str = "AYA_LOGS";
     /// Every map that must outlive the agent for its tasks to survive a
     /// restart (pinned in bpffs when the agent keeps state).
-    pub const PERSISTENT: [&str; 13] = [
+    pub const PERSISTENT: [&str; 16] = [
         THREADS,
         TASK_CONFIG,
         TASKS,
@@ -132,6 +161,9 @@ pub mod maps {
         PEER_INDEX,
         FREE_PEER_ROWS,
         SOCKETS,
+        CGROUPS,
+        PENDING_MOVES,
+        LOGS,
     ];
 }
 
@@ -199,6 +231,28 @@ pub struct KernelLayout {
     pub sock_v6_daddr: u32,
     /// `sock.__sk_common.skc_state` (u8, TCP_* states).
     pub sock_state: u32,
+    /// `task_struct.flags` (unsigned int, `PF_*`).
+    pub task_flags: u32,
+    /// `task_struct.thread_node` (list_head in the process's thread list).
+    pub task_thread_node: u32,
+    /// `signal_struct.thread_head` (list_head: the process's threads).
+    pub signal_thread_head: u32,
+    /// `task_struct.cgroups` (pointer to struct css_set).
+    pub task_cgroups: u32,
+    /// `css_set.dfl_cgrp` (the thread's cgroup on the v2 hierarchy).
+    pub css_set_dfl_cgrp: u32,
+    /// `cgroup.kn` (pointer to struct kernfs_node).
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id` (u64: the cgroup directory's inode number).
+    pub kernfs_node_id: u32,
+    /// `cgroup.root` (pointer to struct cgroup_root).
+    pub cgroup_root: u32,
+    /// `cgroup_root.hierarchy_id` (int: 0 for the v2 hierarchy).
+    pub cgroup_root_hierarchy_id: u32,
+    /// `cgroup.self.parent` (pointer to the parent's cgroup_subsys_state).
+    pub cgroup_parent: u32,
+    /// `cgroup_subsys_state.cgroup` (pointer to its struct cgroup).
+    pub css_cgroup: u32,
 }
 
 /// The kernel's own per-thread counters that propmon charges to tasks:
@@ -291,6 +345,19 @@ pub struct ThreadState {
     pub last_socket: u64,
     pub last_row: u32,
     pub _reserved2: u32,
+}
+
+/// A thread whose process moved between cgroups, waiting for the next look
+/// at it (the sampling pass, its release, its next thread creation): what
+/// it consumed up to the move belongs to the task it was in, what follows
+/// to `to`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingMove {
+    /// The task it joins; [`NO_SLOT`] if it only leaves its task.
+    pub to: SlotRef,
+    /// Its kernel counters at the move.
+    pub at_move: KernelCounters,
 }
 
 /// A slot at a generation: a task, as the kernel knows it.
@@ -438,6 +505,9 @@ pub struct Control {
     /// `PEERS` rows ever taken fresh (the next fresh row's index): rows
     /// below it may be in use.
     pub peer_rows_used: u64,
+    /// Entries of `PENDING_MOVES`, so that hooks look there only when
+    /// there are some.
+    pub moves_pending: u64,
     pub stats: KernelStats,
 }
 
@@ -458,6 +528,16 @@ pub struct KernelStats {
     pub lineage_refused: u64,
     /// Peers that got no row (every `PEERS` row taken).
     pub peer_rows_exhausted: u64,
+    /// Module execs whose provisional root could not be recorded (the
+    /// `PROVISIONAL` map was full).
+    pub discovery_map_full: u64,
+    /// Threads of a process that moved between cgroups whose move could
+    /// not be recorded (`PENDING_MOVES` full, or a process with more
+    /// threads than it holds): they keep their old task.
+    pub move_failures: u64,
+    /// Sampling passes that found the kernel structs not where the
+    /// offsets read from BTF say (a broken BTF): figures are wrong.
+    pub layout_mismatches: u64,
 }
 
 /// Something userspace must react to without polling every task.
@@ -482,6 +562,10 @@ impl TaskEvent {
     /// A process exec'd the module of a task nobody announced yet, and
     /// became the root of a provisional slot.
     pub const PROVISIONAL: u32 = 3;
+    /// A process moved into or out of a cgroup that defines a task; the
+    /// slot is the task it left (else the one it joined). Its other
+    /// threads follow at the next look at them.
+    pub const MOVED: u32 = 4;
 }
 
 #[cfg(feature = "user")]
@@ -491,6 +575,7 @@ mod pod {
     unsafe impl aya::Pod for super::KernelLayout {}
     unsafe impl aya::Pod for super::ThreadState {}
     unsafe impl aya::Pod for super::SlotRef {}
+    unsafe impl aya::Pod for super::PendingMove {}
     unsafe impl aya::Pod for super::TaskConfig {}
     unsafe impl aya::Pod for super::TaskRecord {}
     unsafe impl aya::Pod for super::Control {}

@@ -7,9 +7,10 @@
 //! each counter was charged; charging moves that mark up to the current
 //! value with compare-and-swap and adds the difference to the task's
 //! record. The sampling pass charges live threads, `sched_process_free`
-//! charges a thread's last part; when both look at the same thread at
-//! once, each charges a disjoint share, so nothing is counted twice and
-//! the record never goes back.
+//! charges a thread's last part, and a thread whose process leaves for
+//! another task's cgroup is charged up to the move (`moves`); when two of
+//! them look at the same thread at once, each charges a disjoint share, so
+//! nothing is counted twice and the record never goes back.
 
 use core::ptr;
 
@@ -26,10 +27,22 @@ use crate::{
 /// of `flags` (the task's `collect` flags).
 #[inline(always)]
 pub fn charge(task: u64, thread: &mut ThreadState, flags: u32, record: &mut TaskRecord) {
+    charge_until(&kernel_counters(task), thread, flags, record);
+}
+
+/// [`charge`] up to `now`, the thread's kernel counters at some moment
+/// (the move of its process to another cgroup): what follows is not this
+/// task's.
+#[inline(always)]
+pub fn charge_until(
+    now: &[u64; KERNEL_COUNTERS],
+    thread: &mut ThreadState,
+    flags: u32,
+    record: &mut TaskRecord,
+) {
     // Attached threads: what they did before the attach is not the task's.
     let baseline = thread.flags & thread::BASELINE_PENDING != 0;
     if flags & (collect::CPU | collect::DISK) != 0 {
-        let now = kernel_counters(task);
         let charged = counters_mut(&mut thread.charged);
         let totals = counters_mut(&mut record.counters);
         for (index, value) in now.iter().enumerate() {
@@ -90,6 +103,30 @@ fn counters_mut(counters: &mut KernelCounters) -> &mut [u64; KERNEL_COUNTERS] {
     // SAFETY: KernelCounters is `#[repr(C)]` with KERNEL_COUNTERS u64
     // fields and nothing else: the same layout as the array.
     unsafe { &mut *ptr::from_mut(counters).cast::<[u64; KERNEL_COUNTERS]>() }
+}
+
+/// Charges what a thread without storage consumed between two readings of
+/// its counters (a thread that joined a task by a move and was released
+/// before anyone gave it storage).
+#[inline(always)]
+pub fn charge_between(
+    then: &[u64; KERNEL_COUNTERS],
+    now: &[u64; KERNEL_COUNTERS],
+    flags: u32,
+    record: &mut TaskRecord,
+) {
+    let totals = counters_mut(&mut record.counters);
+    for index in 0..KERNEL_COUNTERS {
+        let wanted = if index == 0 {
+            collect::CPU
+        } else {
+            collect::DISK
+        };
+        let delta = now[index].saturating_sub(then[index]);
+        if flags & wanted != 0 && delta > 0 {
+            add(&mut totals[index], delta);
+        }
+    }
 }
 
 /// Marks everything `task` has consumed so far as not the task's: a thread

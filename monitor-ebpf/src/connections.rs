@@ -30,14 +30,14 @@ const TCP_CLOSE: i32 = 7;
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     let sock = ctx.arg::<u64>(0);
-    if field::<u16>(sock, layout!(sock_protocol)) != IPPROTO_TCP {
+    if field::<u16>(sock, layout().sock_protocol) != IPPROTO_TCP {
         return 0;
     }
     let (old, new) = (ctx.arg::<i32>(1), ctx.arg::<i32>(2));
     if new == TCP_SYN_SENT {
         // connect(): process context, the connecting thread.
         if let Some((thread, _)) = member(current_task()) {
-            socket_row(sock, thread.slot, thread.generation, true);
+            socket_row(&ctx, sock, thread.slot, thread.generation, true);
         }
         return 0;
     }
@@ -64,7 +64,7 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> u32 {
     if let Some((_, counters)) = socket_counters(ctx.arg::<u64>(0)) {
         // `cb` is a char array: a helper read, not a typed load. Off the
         // hot path (retransmissions only).
-        let segments = read::<u16>(ctx.arg::<u64>(1), u64::from(layout!(skb_tcp_segments)))
+        let segments = read::<u16>(ctx.arg::<u64>(1), u64::from(layout().skb_tcp_segments))
             .unwrap_or(1)
             .max(1);
         add(&mut counters.retransmits, u64::from(segments));

@@ -32,16 +32,17 @@ use monitor_common::{
 
 use crate::{
     charge::{charge, start_from_now},
+    diag,
+    events::{emit, event},
     layout::{field, layout, task_ids},
     maps::{
-        ARGV_SCRATCH, Argv, DISCOVER, PROVISIONAL, PROVISIONAL_POOL, THREADS, add, count_loss,
-        current_task, emit, event, switch_on, task_config, task_record, valid_membership,
+        ARGV_SCRATCH, Argv, DISCOVER, PROVISIONAL, PROVISIONAL_POOL, THREADS, add, count_joined,
+        current_task, switch_on, task_config, task_record, valid_membership,
     },
-    membership::count_joined,
 };
 
 #[btf_tracepoint(function = "sched_process_exec")]
-pub fn exec_discovery(_ctx: BtfTracePointContext) -> u32 {
+pub fn exec_discovery(ctx: BtfTracePointContext) -> u32 {
     if !switch_on(switch::DISCOVERY) {
         return 0;
     }
@@ -56,8 +57,9 @@ pub fn exec_discovery(_ctx: BtfTracePointContext) -> u32 {
     };
     // SAFETY: per-CPU scratch, used by this program only, which does not nest.
     let argv = unsafe { &mut *argv };
+    let (_, tgid) = task_ids(task);
     let Some(len) = read_argv(task, argv) else {
-        count_loss(|stats| &mut stats.argv_read_failures);
+        diag::argv_unreadable(&ctx, tgid);
         return 0;
     };
     // One search, one candidate: the verifier checks each extra attempt
@@ -72,18 +74,17 @@ pub fn exec_discovery(_ctx: BtfTracePointContext) -> u32 {
         .as_ref()
         .is_some_and(|(_, config)| config.flags & slot::PROPLET_LINEAGE != 0);
     if switch_on(switch::REQUIRE_LINEAGE) && !lineage {
-        count_loss(|stats| &mut stats.lineage_refused);
+        diag::lineage_refused(&ctx, tgid);
         return 0;
     }
-    let (kind, target) = match claim_target(&argv.id) {
+    let (kind, target) = match claim_target(&ctx, &argv.id, tgid) {
         Some(found) => found,
         None => return 0,
     };
-    become_root(task, yielding, target);
-    let (_, tgid) = task_ids(task);
+    become_root(&ctx, task, yielding, target);
     let mut announced = event(kind, target.slot, target.generation, tgid);
     announced.task_id = argv.id;
-    emit(&announced, true);
+    emit(&ctx, &announced, true);
     0
 }
 
@@ -115,7 +116,11 @@ fn yielding_member(task: u64) -> Membership {
 /// The task waiting for this module, else a provisional slot for it (one
 /// per id); the event kind to report.
 #[inline(always)]
-fn claim_target(id: &[u8; DISCOVERY_ID_BYTES]) -> Option<(u32, SlotRef)> {
+fn claim_target(
+    ctx: &BtfTracePointContext,
+    id: &[u8; DISCOVERY_ID_BYTES],
+    tgid: u32,
+) -> Option<(u32, SlotRef)> {
     // SAFETY: plain value copied out at once.
     if let Some(target) = unsafe { DISCOVER.get(id) }.copied() {
         // One root per task: a later exec with the same module is not it.
@@ -127,10 +132,14 @@ fn claim_target(id: &[u8; DISCOVERY_ID_BYTES]) -> Option<(u32, SlotRef)> {
         return None; // a root for this id exists already
     }
     let Some(target) = PROVISIONAL_POOL.pop().ok().flatten() else {
-        count_loss(|stats| &mut stats.provisional_exhausted);
+        diag::provisional_exhausted(ctx, tgid);
         return None;
     };
-    let _ = PROVISIONAL.insert(id, target, 0);
+    if PROVISIONAL.insert(id, target, 0).is_err() {
+        // The root still counts; only a second exec of the same module
+        // would not be recognised as one.
+        diag::discovery_map_full(ctx, tgid);
+    }
     Some((TaskEvent::PROVISIONAL, target))
 }
 
@@ -139,6 +148,7 @@ fn claim_target(id: &[u8; DISCOVERY_ID_BYTES]) -> Option<(u32, SlotRef)> {
 /// settles what it consumed there, and leaves it.
 #[inline(always)]
 fn become_root(
+    ctx: &BtfTracePointContext,
     task: u64,
     yielding: Option<(&'static mut ThreadState, TaskConfig)>,
     target: SlotRef,
@@ -159,7 +169,7 @@ fn become_root(
         None => {
             let mut initial = ThreadState::default();
             let Some(state) = THREADS.get_or_insert(task, &mut initial) else {
-                count_loss(|stats| &mut stats.storage_failures);
+                diag::storage_failure(ctx, task, target.slot);
                 return;
             };
             state
@@ -178,12 +188,12 @@ fn become_root(
 /// Copies argv into the scratch buffer; its length.
 #[inline(always)]
 fn read_argv(task: u64, argv: &mut Argv) -> Option<usize> {
-    let mm: u64 = field(task, layout!(task_mm));
+    let mm: u64 = field(task, layout().task_mm);
     if mm == 0 {
         return None;
     }
-    let start: u64 = field(mm, layout!(mm_arg_start));
-    let end: u64 = field(mm, layout!(mm_arg_end));
+    let start: u64 = field(mm, layout().mm_arg_start);
+    let end: u64 = field(mm, layout().mm_arg_end);
     let len = (end.saturating_sub(start) as usize).min(DISCOVERY_ARGV_BYTES);
     // SAFETY: the destination holds DISCOVERY_ARGV_BYTES >= len bytes.
     let ret = unsafe {

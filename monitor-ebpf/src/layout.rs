@@ -5,12 +5,11 @@
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use monitor_common::{KERNEL_COUNTERS, KernelCounters, KernelLayout};
 
-/// Filled in by the loader (a `.rodata` global the kernel freezes, so the
-/// verifier knows every offset as a constant). Read one field at a time
-/// with [`layout!`]: a volatile read of the whole struct would load all
-/// its words on every event.
+/// The offsets, as zeros here: the loader writes the running kernel's
+/// over them (`EbpfLoader::override_global`) before load, and the
+/// verifier then knows each as a constant (a frozen read-only map).
 #[unsafe(no_mangle)]
-pub static LAYOUT: KernelLayout = KernelLayout {
+static LAYOUT: KernelLayout = KernelLayout {
     task_pid: 0,
     task_tgid: 0,
     task_sum_exec_runtime: 0,
@@ -36,17 +35,28 @@ pub static LAYOUT: KernelLayout = KernelLayout {
     sock_dport: 0,
     sock_v6_daddr: 0,
     sock_state: 0,
+    task_flags: 0,
+    task_thread_node: 0,
+    signal_thread_head: 0,
+    task_cgroups: 0,
+    css_set_dfl_cgrp: 0,
+    cgroup_kn: 0,
+    kernfs_node_id: 0,
+    cgroup_root: 0,
+    cgroup_root_hierarchy_id: 0,
+    cgroup_parent: 0,
+    css_cgroup: 0,
 };
 
-/// One field of [`LAYOUT`], loaded on its own. Volatile: the compiler
-/// sees the initializer's zeros and would fold a plain read.
-macro_rules! layout {
-    ($field:ident) => {
-        // SAFETY: a field of a static, read in place.
-        unsafe { core::ptr::read_volatile(core::ptr::addr_of!($crate::layout::LAYOUT.$field)) }
-    };
+/// The offsets. The compiler must not use the zeros above, so it is
+/// handed the address through `black_box`; the fields are then read
+/// where used, each once, rather than the whole struct at every call
+/// (what `aya_ebpf::Global::load`'s volatile read of the struct does,
+/// which cost the socket hooks a load per field).
+#[inline(always)]
+pub fn layout() -> &'static KernelLayout {
+    core::hint::black_box(&LAYOUT)
 }
-pub(crate) use layout;
 
 /// Reads a field of a struct the verifier knows the BTF type of (a typed
 /// tracepoint or iterator argument, or a pointer loaded from one): a plain
@@ -71,9 +81,10 @@ pub fn read<T>(base: u64, offset: u64) -> Option<T> {
 /// `(pid, tgid)` of a typed `struct task_struct *`: thread and process id.
 #[inline(always)]
 pub fn task_ids(task: u64) -> (u32, u32) {
+    let layout = layout();
     (
-        field::<i32>(task, layout!(task_pid)) as u32,
-        field::<i32>(task, layout!(task_tgid)) as u32,
+        field::<i32>(task, layout.task_pid) as u32,
+        field::<i32>(task, layout.task_tgid) as u32,
     )
 }
 
@@ -81,10 +92,16 @@ pub fn task_ids(task: u64) -> (u32, u32) {
 /// `/proc/<tid>/schedstat` and `/proc/<tid>/io` print them.
 #[inline(always)]
 pub fn kernel_counters(task: u64) -> [u64; KERNEL_COUNTERS] {
-    let ioac_fields: [u32; 7] = layout!(ioac_fields);
-    let ioac = |index: usize| field::<u64>(task, ioac_fields[index]);
+    counters_of(task).as_array()
+}
+
+/// [`kernel_counters`] as the struct.
+#[inline(always)]
+pub fn counters_of(task: u64) -> KernelCounters {
+    let layout = layout();
+    let ioac = |index: usize| field::<u64>(task, layout.ioac_fields[index]);
     KernelCounters {
-        cpu_ns: field::<u64>(task, layout!(task_sum_exec_runtime)),
+        cpu_ns: field::<u64>(task, layout.task_sum_exec_runtime),
         rchar: ioac(0),
         wchar: ioac(1),
         syscr: ioac(2),
@@ -93,5 +110,22 @@ pub fn kernel_counters(task: u64) -> [u64; KERNEL_COUNTERS] {
         write_bytes: ioac(5),
         cancelled_write_bytes: ioac(6),
     }
-    .as_array()
+}
+
+/// The same counters of a `struct task_struct` the verifier has no type
+/// for (found by walking a list): read with `bpf_probe_read_kernel`.
+#[inline(always)]
+pub fn counters_at(task: u64) -> Option<KernelCounters> {
+    let layout = layout();
+    let ioac = |index: usize| read::<u64>(task, u64::from(layout.ioac_fields[index]));
+    Some(KernelCounters {
+        cpu_ns: read::<u64>(task, u64::from(layout.task_sum_exec_runtime))?,
+        rchar: ioac(0)?,
+        wchar: ioac(1)?,
+        syscr: ioac(2)?,
+        syscw: ioac(3)?,
+        read_bytes: ioac(4)?,
+        write_bytes: ioac(5)?,
+        cancelled_write_bytes: ioac(6)?,
+    })
 }

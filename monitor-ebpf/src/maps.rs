@@ -16,10 +16,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, Queue, RingBuf},
 };
 use monitor_common::{
-    Control, DISCOVERY_ARGV_BYTES, DISCOVERY_ID_BYTES, KernelStats, MAX_DISCOVERIES, MAX_PEER_ROWS,
-    MAX_PROVISIONAL, MAX_TASKS, PeerKey, PeerRow, SlotRef, SocketState, TASK_EVENTS_BYTES,
-    TaskConfig, TaskEvent, TaskRecord, ThreadState, switch,
+    Control, DISCOVERY_ARGV_BYTES, DISCOVERY_ID_BYTES, KernelStats, MAX_CGROUP_TASKS,
+    MAX_DISCOVERIES, MAX_PEER_ROWS, MAX_PENDING_MOVES, MAX_PROVISIONAL, MAX_TASKS, PeerKey,
+    PeerRow, PendingMove, SlotRef, SocketState, TASK_EVENTS_BYTES, TaskConfig, TaskRecord,
+    ThreadState, switch,
 };
+
+use crate::layout::task_ids;
 
 /// `BPF_MAP_TYPE_TASK_STORAGE` (include/uapi/linux/bpf.h): aya-ebpf 0.2
 /// has no definition for it, so this is the BTF map definition libbpf
@@ -191,6 +194,17 @@ pub static FREE_PEER_ROWS: Queue<u32> = Queue::with_max_entries(MAX_PEER_ROWS, 0
 #[btf_map]
 pub static SOCKETS: SocketStorage<SocketState> = SocketStorage::new();
 
+/// Cgroups (v2) that define a task: cgroup id -> task, filled by userspace.
+#[map(name = "CGROUPS")]
+pub static CGROUPS: HashMap<u64, SlotRef> =
+    HashMap::with_max_entries(MAX_CGROUP_TASKS, BPF_F_NO_PREALLOC);
+
+/// Threads whose process changed cgroup, by thread id, until the next
+/// look at them settles the move (`moves`).
+#[map(name = "PENDING_MOVES")]
+pub static PENDING_MOVES: HashMap<u32, PendingMove> =
+    HashMap::with_max_entries(MAX_PENDING_MOVES, BPF_F_NO_PREALLOC);
+
 /// Per-CPU room for an argv being searched (too big for the BPF stack).
 #[map(name = "ARGV_SCRATCH")]
 pub static ARGV_SCRATCH: aya_ebpf::maps::PerCpuArray<Argv> =
@@ -275,11 +289,33 @@ pub fn kernel_stats() -> Option<&'static mut KernelStats> {
     CONTROL.get_ptr_mut(0).map(|p| unsafe { &mut (*p).stats })
 }
 
-/// Counts a loss in the health counters.
+/// The count of `PENDING_MOVES` entries.
 #[inline(always)]
-pub fn count_loss(field: impl FnOnce(&mut KernelStats) -> &mut u64) {
-    if let Some(stats) = kernel_stats() {
-        add(field(stats), 1);
+pub fn moves_pending() -> Option<&'static mut u64> {
+    // SAFETY: as for `task_record`.
+    CONTROL
+        .get_ptr_mut(0)
+        .map(|p| unsafe { &mut (*p).moves_pending })
+}
+
+/// Whether some thread has a move to settle: one load, so that the hooks
+/// that settle moves cost nothing more while there is none.
+#[inline(always)]
+pub fn any_move_pending() -> bool {
+    // SAFETY: an aligned u64 in a map value.
+    moves_pending().is_some_and(|count| unsafe { ptr::read_volatile(count) } != 0)
+}
+
+/// Counts a thread (and, for a thread-group leader, its process) in.
+#[inline(always)]
+pub fn count_joined(task: u64, slot: u32) {
+    let Some(record) = task_record(slot) else {
+        return;
+    };
+    add(&mut record.threads_started, 1);
+    let (pid, tgid) = task_ids(task);
+    if pid == tgid {
+        add(&mut record.procs_started, 1);
     }
 }
 
@@ -351,36 +387,4 @@ pub fn advance(mark: &mut u64, now: u64) -> u64 {
         seen = previous;
     }
     0
-}
-
-/// bpf_ringbuf_output flags (include/uapi/linux/bpf.h).
-const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
-
-/// Tells userspace about a task event; a full ring is counted. A wake-up
-/// costs microseconds in the program's context (the reader is woken from
-/// an IPI), so only events userspace must act on at once wake it; the
-/// others wait for its next round.
-#[inline(always)]
-pub fn emit(event: &TaskEvent, urgent: bool) {
-    let flags = if urgent {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
-    if TASK_EVENTS.output::<TaskEvent>(event, flags).is_err() {
-        count_loss(|stats| &mut stats.event_drops);
-    }
-}
-
-/// An event about a slot and a process, without a task id.
-#[inline(always)]
-pub fn event(kind: u32, slot: u32, generation: u32, tgid: u32) -> TaskEvent {
-    TaskEvent {
-        kind,
-        slot,
-        generation,
-        tgid,
-        task_id: [0; DISCOVERY_ID_BYTES],
-    }
 }

@@ -84,9 +84,9 @@ fn count(ctx: &BtfTracePointContext, direction: Direction) {
         return;
     }
     let sock = ctx.arg::<u64>(0);
-    match field::<u16>(sock, layout!(sock_family)) {
+    match field::<u16>(sock, layout().sock_family) {
         AF_UNIX => add_unix(&mut thread.net, direction, ret as u64),
-        AF_INET | AF_INET6 => count_inet(task, thread, sock, direction, ret as u64),
+        AF_INET | AF_INET6 => count_inet(ctx, task, thread, sock, direction, ret as u64),
         _ => {}
     }
 }
@@ -94,6 +94,7 @@ fn count(ctx: &BtfTracePointContext, direction: Direction) {
 /// Bytes through an AF_INET/AF_INET6 socket, to its peer's row.
 #[inline(always)]
 fn count_inet(
+    ctx: &BtfTracePointContext,
     task: u64,
     thread: &'static mut ThreadState,
     sock: u64,
@@ -113,7 +114,7 @@ fn count_inet(
             let Some((thread, _)) = valid_membership(task, thread) else {
                 return;
             };
-            let row = socket_row(sock, slot, generation, true);
+            let row = socket_row(ctx, sock, slot, generation, true);
             thread.last_socket = sock;
             thread.last_row = row;
             owned_row(row, slot, generation)
@@ -126,7 +127,7 @@ fn count_inet(
             let Some(record) = task_record(slot) else {
                 return;
             };
-            let protocol = field::<u16>(sock, layout!(sock_protocol));
+            let protocol = field::<u16>(sock, layout().sock_protocol);
             (&mut record.unlisted, bucket_of(protocol))
         }
     };

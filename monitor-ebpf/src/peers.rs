@@ -8,13 +8,14 @@
 //! task's `unlisted` figures, so that a task's peers always add up to its
 //! totals.
 
+use aya_ebpf::EbpfContext;
 use monitor_common::{NO_ROW, NetBucket, PeerCounters, PeerKey, PeerRow, SocketState, TaskRecord};
 
 use crate::{
+    diag,
     layout::{field, layout},
     maps::{
-        FREE_PEER_ROWS, PEER_INDEX, PEERS, SOCKETS, add, control, count_loss, fetch_increment,
-        task_record,
+        FREE_PEER_ROWS, PEER_INDEX, PEERS, SOCKETS, add, control, fetch_increment, task_record,
     },
 };
 
@@ -66,7 +67,13 @@ pub fn owned_row(row: u32, slot: u32, generation: u32) -> Option<&'static mut Pe
 /// socket its storage (`create`) or taking a row if needed; [`NO_ROW`] if
 /// none can be had.
 #[inline(always)]
-pub fn socket_row(sock: u64, slot: u32, generation: u32, create: bool) -> u32 {
+pub fn socket_row<C: EbpfContext>(
+    ctx: &C,
+    sock: u64,
+    slot: u32,
+    generation: u32,
+    create: bool,
+) -> u32 {
     let mut initial = SocketState {
         slot,
         generation,
@@ -81,7 +88,7 @@ pub fn socket_row(sock: u64, slot: u32, generation: u32, create: bool) -> u32 {
     {
         return state.row;
     }
-    let row = peer_row(&peer_key(sock, slot, generation));
+    let row = peer_row(ctx, &peer_key(sock, slot, generation));
     if let Some(state) = state {
         let fresh = state.row == NO_ROW && state.flags == 0;
         *state = SocketState {
@@ -101,10 +108,10 @@ pub fn socket_row(sock: u64, slot: u32, generation: u32, create: bool) -> u32 {
 /// established in softirq context: it counts as opened at its first use.
 #[inline(always)]
 fn count_established_at_first_use(sock: u64, state: &mut SocketState, slot: u32) {
-    if field::<u16>(sock, layout!(sock_protocol)) != IPPROTO_TCP {
+    if field::<u16>(sock, layout().sock_protocol) != IPPROTO_TCP {
         return;
     }
-    let tcp_state = field::<u8>(sock, layout!(sock_state));
+    let tcp_state = field::<u8>(sock, layout().sock_state);
     if tcp_state != TCP_ESTABLISHED && tcp_state != TCP_CLOSE_WAIT {
         return;
     }
@@ -135,14 +142,14 @@ fn peer_key(sock: u64, slot: u32, generation: u32) -> PeerKey {
     let mut key = PeerKey {
         slot,
         generation,
-        protocol: field::<u16>(sock, layout!(sock_protocol)),
+        protocol: field::<u16>(sock, layout().sock_protocol),
         ..PeerKey::default()
     };
-    let family = field::<u16>(sock, layout!(sock_family));
-    let port = field::<u16>(sock, layout!(sock_dport));
+    let family = field::<u16>(sock, layout().sock_family);
+    let port = field::<u16>(sock, layout().sock_dport);
     let connected = match family {
         AF_INET => {
-            let addr = field::<u32>(sock, layout!(sock_daddr));
+            let addr = field::<u32>(sock, layout().sock_daddr);
             key.addr[..4].copy_from_slice(&addr.to_ne_bytes());
             addr != 0
         }
@@ -151,7 +158,7 @@ fn peer_key(sock: u64, slot: u32, generation: u32) -> PeerKey {
             // the verifier checks against the socket's BTF type.
             let mut any = 0;
             for (index, chunk) in key.addr.chunks_exact_mut(4).enumerate() {
-                let word = field::<u32>(sock, layout!(sock_v6_daddr) + 4 * index as u32);
+                let word = field::<u32>(sock, layout().sock_v6_daddr + 4 * index as u32);
                 chunk.copy_from_slice(&word.to_ne_bytes());
                 any |= word;
             }
@@ -170,13 +177,13 @@ fn peer_key(sock: u64, slot: u32, generation: u32) -> PeerKey {
 
 /// The row of `key`, taking one if it has none.
 #[inline(always)]
-fn peer_row(key: &PeerKey) -> u32 {
+fn peer_row<C: EbpfContext>(ctx: &C, key: &PeerKey) -> u32 {
     // SAFETY: plain value copied out at once.
     if let Some(row) = unsafe { PEER_INDEX.get(key) }.copied() {
         return row;
     }
     let Some(row) = take_row() else {
-        count_loss(|stats| &mut stats.peer_rows_exhausted);
+        diag::peer_rows_exhausted(ctx, key.slot);
         return NO_ROW;
     };
     let Some(taken) = PEERS.get_ptr_mut(row) else {

@@ -14,7 +14,9 @@
 //!
 //! A task normally owns a backend slot. Tasks that run inside the proplet
 //! process itself (Propeller's in-process runtime) share the slot of that
-//! process and report what it consumed since they started.
+//! process and report what it consumed since they started. Tasks defined
+//! by a cgroup do not end when their last process does: the cgroup may be
+//! empty for a while (a service restarting).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -25,10 +27,13 @@ use std::{
 mod resume;
 
 use crate::{
-    collect::{AlreadyMember, Backend, ProcessSample, SlotRole, SpawnError, TaskTotals},
+    collect::{
+        AlreadyMember, Backend, CgroupTaken, ProcessSample, SlotRole, SpawnError, TaskTotals,
+        cgroup::Cgroup,
+    },
     export::{Outgoing, Sink},
     input::untrusted,
-    message::{EndReason, Source},
+    message::{EndReason, KernelHealth, Source},
     profiles::{MonitoringProfile, Preset},
     tasks::{Observation, SlotAllocator, Task, TaskSpec, grid_after},
 };
@@ -215,8 +220,39 @@ impl Engine {
         Ok(slot)
     }
 
-    /// Names the task a process already belongs to.
+    /// Monitors the processes in `cgroup` and below it, present and
+    /// future, as one task (`spec.cgroup` is set to it).
+    pub fn attach_cgroup(&mut self, mut spec: TaskSpec, cgroup: Cgroup) -> anyhow::Result<u32> {
+        self.fit_history(&mut spec);
+        let slot = self.reserve(&spec.profile, SlotRole::Cgroup)?;
+        if let Err(err) = self.backend.attach_cgroup(slot, &cgroup) {
+            self.unreserve(slot);
+            return Err(self.explain(err));
+        }
+        spec.cgroup = Some(cgroup);
+        let now = Instant::now();
+        let next_due = self.next_due(now, Some(&spec.profile));
+        self.insert(Task::new(spec, slot, now, next_due));
+        Ok(slot)
+    }
+
+    /// The kernel side's losses so far, if the backend has a kernel side.
+    pub fn kernel_health(&self) -> Option<KernelHealth> {
+        self.backend.kernel_stats().map(KernelHealth::from)
+    }
+
+    /// Names the task a process (or cgroup) already belongs to.
     fn explain(&self, err: anyhow::Error) -> anyhow::Error {
+        if let Some(taken) = err.downcast_ref::<CgroupTaken>() {
+            let owner = self.tasks.values().find(|task| task.slot == taken.slot);
+            return match owner {
+                Some(task) => anyhow::anyhow!(
+                    "the cgroup already defines task {} (a cgroup defines one task)",
+                    untrusted(&task.spec.task_id)
+                ),
+                None => err,
+            };
+        }
         let Some(owned) = err.downcast_ref::<AlreadyMember>() else {
             return err;
         };
@@ -447,14 +483,15 @@ impl Engine {
         let mut ended = self.expire_awaiting(now);
         let hinted: BTreeSet<u32> = events.maybe_ended.into_iter().collect();
         for task in self.tasks.values_mut() {
-            if hinted.contains(&task.slot) {
+            // A cgroup's task outlives its processes.
+            if hinted.contains(&task.slot) && task.spec.cgroup.is_none() {
                 task.ending = true;
             }
         }
         let watched: BTreeSet<u32> = self
             .tasks
             .values()
-            .filter(|task| !task.awaiting_discovery)
+            .filter(|task| !task.awaiting_discovery && task.spec.cgroup.is_none())
             .filter(|task| task.ending || task.processes_gone_since.is_some())
             .map(|task| task.slot)
             .collect();
@@ -470,6 +507,7 @@ impl Engine {
             .map(|(key, _)| *key)
             .collect();
         if !due.is_empty() {
+            self.follow_remade_cgroups(&due);
             self.sample();
             for key in due {
                 self.emit(key, None);
@@ -477,9 +515,6 @@ impl Engine {
                     task.schedule_after(self.origin, now);
                 }
             }
-        }
-        if let Some(losses) = self.backend.new_losses() {
-            tracing::warn!("{losses}");
         }
         let ended_keys: Vec<u64> = self
             .tasks
@@ -494,6 +529,45 @@ impl Engine {
     fn sample(&mut self) {
         if let Err(err) = self.backend.sample() {
             tracing::warn!("{err:#}");
+        }
+    }
+
+    /// A cgroup removed and made again (systemd does so when a service
+    /// restarts) is another cgroup to the kernel: the tasks due now whose
+    /// cgroup's path names a new one attach it.
+    fn follow_remade_cgroups(&mut self, due: &[u64]) {
+        for key in due {
+            let Some(task) = self.tasks.get(key) else {
+                continue;
+            };
+            let Some(old) = &task.spec.cgroup else {
+                continue;
+            };
+            let Ok(new) = Cgroup::resolve(&old.dir.to_string_lossy()) else {
+                continue; // gone for now
+            };
+            if new.id == old.id {
+                continue;
+            }
+            let slot = task.slot;
+            match self.backend.attach_cgroup(slot, &new) {
+                Ok(()) => {
+                    tracing::info!(
+                        "task {}: cgroup {} was made again; its processes are attached",
+                        untrusted(&task.spec.task_id),
+                        new.path
+                    );
+                    if let Some(task) = self.tasks.get_mut(key) {
+                        task.spec.cgroup = Some(new);
+                    }
+                    self.changed = true;
+                }
+                Err(err) => tracing::warn!(
+                    "task {}: cgroup {} was made again and cannot be attached: {err:#}",
+                    untrusted(&task.spec.task_id),
+                    new.path
+                ),
+            }
         }
     }
 
@@ -716,6 +790,7 @@ impl Engine {
             processes,
             peers,
             host_memory_bytes: self.host_memory_bytes,
+            container: task.spec.cgroup.as_ref().map(Cgroup::memory),
             at: Instant::now(),
             wall: SystemTime::now(),
         };
@@ -764,6 +839,7 @@ pub fn task_spec(
         proplet_id: proplet_id.to_owned(),
         profile,
         attribution: None,
+        cgroup: None,
     })
 }
 

@@ -84,6 +84,14 @@ pub struct TaskMetrics {
     /// Processes that ever belonged to the task (the root counts), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processes_started: Option<u64>,
+    /// Tasks defined by a cgroup: its `memory.current` (bytes charged to
+    /// the cgroup, page cache included), where the file exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_usage_bytes: Option<u64>,
+    /// Tasks defined by a cgroup: its `memory.max`, unless there is none
+    /// (the file says `max`, or does not exist).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_limit_bytes: Option<u64>,
     /// Same as the top-level `timestamp`.
     pub timestamp: String,
 }
@@ -250,6 +258,53 @@ pub struct PropletMetricsMessage {
     /// Messages dropped because the export queue was full, since start.
     pub dropped_messages: u64,
     pub source: Source,
+    /// The kernel side's losses since its maps were made (eBPF only).
+    /// Boxed: the message travels in an enum with small variants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<Box<KernelHealth>>,
+}
+
+/// What the kernel programs could not do, counted since their maps were
+/// made (`monitor_common::KernelStats`): each is also logged, at most one
+/// line a minute per kind. All 0 on a healthy node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelHealth {
+    /// Threads that could not be given their task (out of memory): their
+    /// figures are missing.
+    pub storage_failures: u64,
+    /// Events to the agent lost (ring buffer full).
+    pub event_drops: u64,
+    /// Execs whose argv could not be searched for a task's module.
+    pub argv_read_failures: u64,
+    /// Module execs before their start message with no provisional slot left.
+    pub provisional_exhausted: u64,
+    /// Module execs refused: not descendants of the proplet.
+    pub lineage_refused: u64,
+    /// Provisional roots the discovery map had no room for.
+    pub discovery_map_full: u64,
+    /// Threads that could not follow their process to another cgroup.
+    pub move_failures: u64,
+    /// Passes that found the kernel's structs not where BTF says.
+    pub layout_mismatches: u64,
+    /// New peers that found every peer row taken: counted in their task's
+    /// `other` peer.
+    pub peer_rows_exhausted: u64,
+}
+
+impl From<monitor_common::KernelStats> for KernelHealth {
+    fn from(stats: monitor_common::KernelStats) -> Self {
+        KernelHealth {
+            storage_failures: stats.storage_failures,
+            event_drops: stats.event_drops,
+            argv_read_failures: stats.argv_read_failures,
+            provisional_exhausted: stats.provisional_exhausted,
+            lineage_refused: stats.lineage_refused,
+            discovery_map_full: stats.discovery_map_full,
+            move_failures: stats.move_failures,
+            layout_mismatches: stats.layout_mismatches,
+            peer_rows_exhausted: stats.peer_rows_exhausted,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -510,7 +565,8 @@ mod tests {
         assert_eq!(go.timestamp, message.timestamp);
 
         let mut reporter = crate::proplet::PropletReporter::new("p1".into(), "default".into());
-        let proplet = serde_json::to_string(&reporter.sample(3, 0, Source::Ebpf)).unwrap();
+        let health = Some(KernelHealth::default());
+        let proplet = serde_json::to_string(&reporter.sample(3, 0, Source::Ebpf, health)).unwrap();
         let go: propeller_go::PropletMetrics = serde_json::from_str(&proplet)
             .unwrap_or_else(|err| panic!("Propeller cannot decode {proplet}: {err}"));
         assert_eq!(go.proplet_id, "p1");

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
-use crate::message::{self, CpuMetrics, MemoryMetrics, PropletMetricsMessage, Source};
+use crate::message::{
+    self, CpuMetrics, KernelHealth, MemoryMetrics, PropletMetricsMessage, Source,
+};
 
 pub struct PropletReporter {
     proplet_id: String,
@@ -35,6 +37,7 @@ impl PropletReporter {
         task_count: usize,
         dropped: u64,
         source: Source,
+        kernel: Option<KernelHealth>,
     ) -> PropletMetricsMessage {
         let (user, system_seconds) = self.own_cpu_seconds();
         let now = Instant::now();
@@ -62,6 +65,7 @@ impl PropletReporter {
             task_count: task_count as u64,
             dropped_messages: dropped,
             source,
+            kernel: kernel.map(Box::new),
         }
     }
 
@@ -175,10 +179,13 @@ mod tests {
         while start.elapsed() < Duration::from_millis(50) {
             std::hint::black_box(0u64);
         }
-        let message = reporter.sample(3, 0, Source::Ebpf);
+        let message = reporter.sample(3, 0, Source::Ebpf, Some(KernelHealth::default()));
         assert!(message.cpu_metrics.user_seconds + message.cpu_metrics.system_seconds > 0.0);
         assert!(message.memory_metrics.rss_bytes > 1 << 20);
         assert_eq!(message.task_count, 3);
         assert_eq!(message.namespace, "default");
+        let json = serde_json::to_value(&message).unwrap();
+        assert_eq!(json["kernel"]["storage_failures"], 0, "{json}");
+        assert_eq!(json["kernel"]["event_drops"], 0, "{json}");
     }
 }

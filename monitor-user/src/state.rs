@@ -55,6 +55,9 @@ pub struct SavedTask {
     pub seq: u64,
     /// Totals of a shared slot when the task began (in-process tasks).
     pub baseline: Option<TaskTotals>,
+    /// The cgroup directory that defines the task, if one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,6 +203,7 @@ mod tests {
                 started_unix_ms: 1,
                 seq: 42,
                 baseline: None,
+                cgroup: Some("/sys/fs/cgroup/unified/db.service".into()),
             }],
             proplet: None,
             provisional: vec![],

@@ -8,7 +8,10 @@ use std::{
 use monitor_common::NetBucket;
 
 use crate::{
-    collect::{self, NetTotals, PeerId, PeerTotals, ProcessSample, TaskTotals},
+    collect::{
+        self, NetTotals, PeerId, PeerTotals, ProcessSample, TaskTotals,
+        cgroup::{Cgroup, ContainerMemory},
+    },
     history::{History, Sample},
     message::{
         self, Details, DiskDetails, EndReason, NetworkDetails, Peer, Source, TaskMetrics,
@@ -26,6 +29,10 @@ pub struct TaskSpec {
     /// How the task's processes are found, reported as `attribution` when
     /// it is not the task's own processes.
     pub attribution: Option<String>,
+    /// The cgroup that defines the task (`--attach-cgroup`): its
+    /// processes, whichever they are; the task does not end when it has
+    /// none.
+    pub cgroup: Option<Cgroup>,
 }
 
 /// One monitored task and what its next message is computed from.
@@ -77,6 +84,8 @@ pub struct Observation {
     /// The task's peers, when the backend tells them apart.
     pub peers: Vec<PeerTotals>,
     pub host_memory_bytes: u64,
+    /// The memory figures of the task's cgroup, for a task defined by one.
+    pub container: Option<ContainerMemory>,
     pub at: Instant,
     pub wall: SystemTime,
 }
@@ -117,8 +126,9 @@ impl Task {
         task.seq = resumed.seq;
         task.awaiting_discovery = resumed.awaiting_discovery;
         task.baseline = resumed.baseline;
-        // The first look decides whether its processes are still alive.
-        task.ending = !resumed.awaiting_discovery;
+        // The first look decides whether its processes are still alive;
+        // a cgroup's task outlives them, and is never looked at so.
+        task.ending = !resumed.awaiting_discovery && task.spec.cgroup.is_none();
         task.previous = resumed.previous;
         task
     }
@@ -226,6 +236,8 @@ impl Task {
                 .filter(|_| profile.collect_file_descriptors),
             process_count: processes.processes,
             processes_started: totals.processes_started,
+            container_usage_bytes: observation.container.and_then(|c| c.usage_bytes),
+            container_limit_bytes: observation.container.and_then(|c| c.limit_bytes),
             timestamp: timestamp.clone(),
         };
         let details = Details {
@@ -455,6 +467,7 @@ mod tests {
             proplet_id: "proplet".into(),
             profile: preset.profile(),
             attribution: None,
+            cgroup: None,
         };
         let next_due = started + spec.profile.interval;
         Task::new(spec, 3, started, next_due)
@@ -495,6 +508,7 @@ mod tests {
                 processes: 2,
             },
             host_memory_bytes: 4 << 30,
+            container: None,
             at,
             wall: SystemTime::UNIX_EPOCH,
             peers: Vec::new(),
@@ -693,6 +707,56 @@ mod tests {
         let mut task = self::task(Preset::Minimal, t0);
         let last = task.next_message(&gone, Source::Ebpf, Some(EndReason::Exited));
         assert_eq!(last.metrics.thread_count, None, "not collected");
+    }
+
+    /// Tasks defined by a cgroup carry its memory figures, each omitted
+    /// where the cgroup has none (no memory controller, `max`).
+    #[test]
+    fn container_memory_appears_only_where_the_cgroup_has_it() {
+        let t0 = Instant::now();
+        let mut task = task(Preset::Intensive, t0);
+        let mut seen = observation(t0, totals(0, 1));
+        seen.container = Some(ContainerMemory {
+            usage_bytes: Some(5 << 20),
+            limit_bytes: None,
+        });
+        let json = serde_json::to_value(task.next_message(&seen, Source::Ebpf, None)).unwrap();
+        assert_eq!(json["metrics"]["container_usage_bytes"], 5 << 20);
+        assert!(
+            json["metrics"].get("container_limit_bytes").is_none(),
+            "{json}"
+        );
+        let plain = task.next_message(&observation(t0, totals(0, 1)), Source::Ebpf, None);
+        let json = serde_json::to_value(plain).unwrap();
+        assert!(
+            json["metrics"].get("container_usage_bytes").is_none(),
+            "{json}"
+        );
+    }
+
+    /// A resumed cgroup task is not taken for one whose processes may
+    /// have exited (which would have the engine poll it every 20 ms).
+    #[test]
+    fn a_resumed_cgroup_task_is_not_ending() {
+        let t0 = Instant::now();
+        let mut spec = task(Preset::Intensive, t0).spec;
+        let resumed = |spec: TaskSpec| Resumed {
+            spec,
+            slot: 3,
+            started: t0,
+            seq: 5,
+            previous: (t0, TaskTotals::default()),
+            awaiting_discovery: false,
+            baseline: None,
+            next_due: t0,
+        };
+        assert!(Task::resume(resumed(spec.clone())).ending);
+        spec.cgroup = Some(Cgroup {
+            dir: "/sys/fs/cgroup/unified/db.service".into(),
+            path: "/db.service".into(),
+            id: 42,
+        });
+        assert!(!Task::resume(resumed(spec)).ending);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::{
     signals::StopSignals, wake::EventWaker,
 };
 use crate::{
-    collect::{self, BackendChoice},
+    collect::{self, BackendChoice, cgroup::Cgroup},
     engine::{Engine, task_spec},
     export::{
         self, Fanout, Outgoing, Sink,
@@ -85,9 +85,32 @@ pub fn parse_attach(text: &str) -> Result<AttachSpec, String> {
     Ok(spec)
 }
 
+/// `--attach-cgroup TASK_ID=PATH`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CgroupSpec {
+    pub task_id: String,
+    /// A cgroup v2 path, resolved when the agent starts.
+    pub path: String,
+}
+
+pub fn parse_attach_cgroup(text: &str) -> Result<CgroupSpec, String> {
+    let shown = untrusted(text);
+    let (task_id, path) = text
+        .split_once('=')
+        .filter(|(_, path)| !path.trim().is_empty())
+        .ok_or_else(|| format!("\"{shown}\": expected TASK_ID=PATH (a cgroup v2 path)"))?;
+    let task_id =
+        check_task_id("the task id", task_id).map_err(|err| format!("\"{shown}\": {err}"))?;
+    Ok(CgroupSpec {
+        task_id: task_id.to_owned(),
+        path: path.trim().to_owned(),
+    })
+}
+
 /// Validated settings of the agent: flags, then environment, then file.
 pub struct AgentSettings {
     pub attach: Vec<AttachSpec>,
+    pub attach_cgroup: Vec<CgroupSpec>,
     pub default_profile: Option<MonitoringProfile>,
     pub backend: BackendChoice,
     pub proplet_id: String,
@@ -132,16 +155,21 @@ impl AgentSettings {
             let spec = parse_attach(entry).map_err(anyhow::Error::msg);
             attach.push(spec.with_context(|| in_file("attach"))?);
         }
+        let mut attach_cgroup = args.attach_cgroup;
+        for entry in &file.attach_cgroup {
+            let spec = parse_attach_cgroup(entry).map_err(anyhow::Error::msg);
+            attach_cgroup.push(spec.with_context(|| in_file("attach_cgroup"))?);
+        }
         let max_tasks = args
             .max_tasks
             .or(file.max_tasks)
             .unwrap_or(monitor_common::MAX_TASKS)
             .clamp(1, monitor_common::MAX_TASKS);
         let slots = max_tasks as usize;
-        if attach.len() > slots {
+        if attach.len() + attach_cgroup.len() > slots {
             bail!(
                 "{} tasks to attach: the agent monitors at most {slots}",
-                attach.len()
+                attach.len() + attach_cgroup.len()
             );
         }
         let file_profile = ProfileArgs {
@@ -212,6 +240,7 @@ impl AgentSettings {
         };
         Ok(AgentSettings {
             attach,
+            attach_cgroup,
             default_profile,
             backend: args.backend.or(file.backend).unwrap_or(BackendChoice::Auto),
             proplet_id,
@@ -385,6 +414,14 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
             tracing::error!("task {}: {err:#}", untrusted(&spec.task_id));
         }
     }
+    for spec in &settings.attach_cgroup {
+        if engine.has_task(&spec.task_id) {
+            continue; // resumed
+        }
+        if let Err(err) = attach_cgroup(&mut engine, &settings, spec) {
+            tracing::error!("task {}: {err:#}", untrusted(&spec.task_id));
+        }
+    }
     save_state(&mut engine, state.as_ref());
     report_health(&mut engine, &settings, http.as_ref());
     let mut proplet = settings
@@ -424,7 +461,12 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
                 attribute_in_process(&mut engine, &settings, &mut in_process_checks, now);
                 if let Some(reporter) = proplet.as_mut().filter(|_| now >= next_proplet) {
                     let dropped = engine.sink_mut().dropped();
-                    let message = reporter.sample(engine.task_count(), dropped, engine.source());
+                    let message = reporter.sample(
+                        engine.task_count(),
+                        dropped,
+                        engine.source(),
+                        engine.kernel_health(),
+                    );
                     engine.sink_mut().send(&Outgoing::Proplet(message));
                     while next_proplet <= now {
                         next_proplet += settings.metrics_interval;
@@ -658,9 +700,57 @@ fn attach(engine: &mut Engine, settings: &AgentSettings, spec: &AttachSpec) -> a
     Ok(())
 }
 
+/// A task defined by a cgroup: a daemon's profile unless one is given.
+fn attach_cgroup(
+    engine: &mut Engine,
+    settings: &AgentSettings,
+    spec: &CgroupSpec,
+) -> anyhow::Result<()> {
+    let profile = settings.profile_for(None, true);
+    if !profile.enabled {
+        let shown = untrusted(&spec.task_id);
+        tracing::info!("task {shown}: profile disabled, not monitored");
+        return Ok(());
+    }
+    if engine.has_task(&spec.task_id) {
+        bail!("a task with this id is already monitored");
+    }
+    let cgroup = Cgroup::resolve(&spec.path)?;
+    let path = cgroup.path.clone();
+    let task = task_spec(&spec.task_id, &settings.proplet_id, profile)?;
+    engine
+        .attach_cgroup(task, cgroup)
+        .with_context(|| format!("attaching cgroup {path}"))?;
+    tracing::info!(
+        "task {}: the processes in cgroup {path} and below it",
+        untrusted(&spec.task_id)
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_specs_parse_and_fail_clearly() {
+        assert_eq!(
+            parse_attach_cgroup("db=system.slice/db.service"),
+            Ok(CgroupSpec {
+                task_id: "db".into(),
+                path: "system.slice/db.service".into()
+            })
+        );
+        for bad in ["db", "db=", "=system.slice"] {
+            let err = parse_attach_cgroup(bad).unwrap_err();
+            assert!(err.len() < 200 && !err.contains('\n'), "{err}");
+        }
+        assert!(
+            parse_attach_cgroup("db")
+                .unwrap_err()
+                .contains("expected TASK_ID=PATH")
+        );
+    }
 
     #[test]
     fn attach_specs_parse_and_fail_clearly() {
@@ -704,6 +794,7 @@ mod tests {
     fn daemons_without_a_profile_get_long_running_daemon() {
         let settings = AgentSettings {
             attach: vec![],
+            attach_cgroup: vec![],
             default_profile: None,
             backend: BackendChoice::Auto,
             proplet_id: "p".into(),

@@ -11,6 +11,7 @@
 //! profile = "standard"
 //! attach = ["web=1234,profile=real_time_api"]
 //! listen = "127.0.0.1:9464"
+//! attach_cgroup = ["db=system.slice/postgresql.service"]
 //! ```
 
 use std::path::Path;
@@ -36,6 +37,9 @@ pub struct ConfigFile {
     /// `TASK_ID=PID[,profile=NAME][,daemon=true]` entries.
     #[serde(default)]
     pub attach: Vec<String>,
+    /// `TASK_ID=PATH` entries (a cgroup v2 path).
+    #[serde(default)]
+    pub attach_cgroup: Vec<String>,
     pub mqtt_url: Option<String>,
     pub mqtt_username: Option<String>,
     pub mqtt_password: Option<String>,
@@ -170,6 +174,7 @@ mod tests {
             enable_monitoring = false
             profile = "minimal"
             attach = ["a=1", "b=2,profile=intensive"]
+            attach_cgroup = ["db=system.slice/db.service"]
             "#,
         )
         .unwrap();
@@ -177,6 +182,7 @@ mod tests {
         assert_eq!(config.metrics_interval_text().as_deref(), Some("30"));
         assert_eq!(config.enable_monitoring, Some(false));
         assert_eq!(config.attach.len(), 2);
+        assert_eq!(config.attach_cgroup, ["db=system.slice/db.service"]);
     }
 
     #[test]

@@ -343,6 +343,11 @@ pub struct AgentArgs {
     /// daemon without a profile gets long_running_daemon). Repeatable.
     #[arg(long = "attach", value_name = "TASK_ID=PID[,profile=NAME][,daemon=true]", value_parser = agent::parse_attach)]
     pub attach: Vec<agent::AttachSpec>,
+    /// Monitor every process in the cgroup (v2) PATH and below it, present
+    /// and future, as task TASK_ID; PATH is relative to the cgroup v2
+    /// mount or absolute under it. Repeatable.
+    #[arg(long = "attach-cgroup", value_name = "TASK_ID=PATH", value_parser = agent::parse_attach_cgroup)]
+    pub attach_cgroup: Vec<agent::CgroupSpec>,
     /// Default profile of attached tasks that name none.
     #[command(flatten)]
     pub profile: ProfileArgs,

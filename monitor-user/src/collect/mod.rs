@@ -5,7 +5,9 @@
 //! - `sysinfo` (any OS): the fallback; polls the process table, so it sees
 //!   only processes alive at a sample, and no per-task network bytes.
 //! - `procfs` (Linux): host figures and the sysinfo backend's descriptors.
+//! - `cgroup`: cgroups (v2) that define a task, and their memory figures.
 
+pub mod cgroup;
 #[cfg(target_os = "linux")]
 pub mod ebpf;
 #[cfg(target_os = "linux")]
@@ -39,6 +41,17 @@ pub trait Backend: Send {
     /// the task in `slot`, and everything they create from now on. A
     /// process that belongs to another task fails with [`AlreadyMember`].
     fn attach(&mut self, slot: u32, pid: u32) -> anyhow::Result<()>;
+
+    /// Makes the processes in `cgroup` and below it the task in `slot`
+    /// (prepared with [`SlotRole::Cgroup`]), and every process that moves
+    /// in later; a member moved out leaves. A cgroup that defines another
+    /// task fails with [`CgroupTaken`].
+    fn attach_cgroup(&mut self, _slot: u32, _cgroup: &cgroup::Cgroup) -> anyhow::Result<()> {
+        anyhow::bail!(
+            "--attach-cgroup needs the eBPF backend (the kernel follows processes into and out \
+             of the cgroup): run as root with --backend ebpf"
+        )
+    }
 
     /// Brings the backend's view up to date; called once per round.
     fn refresh(&mut self);
@@ -98,14 +111,12 @@ pub trait Backend: Send {
     /// longer charged to anyone.
     fn release(&mut self, slot: u32);
 
-    /// New losses (records the kernel could not make), as a log line.
-    fn new_losses(&mut self) -> Option<String>;
-
     /// Some task's processes all exited and it waits for their threads'
     /// release: have the kernel run its pending releases now.
     fn hasten_releases(&mut self) {}
-    /// The kernel side's health counters since its maps were made, if the
-    /// backend has a kernel side (read-only; for `/metrics`).
+
+    /// The kernel side's health counters (losses so far, since its maps
+    /// were made), if the backend has a kernel side.
     fn kernel_stats(&self) -> Option<KernelStats> {
         None
     }
@@ -156,6 +167,9 @@ pub enum SlotRole {
     Proplet,
     /// A module process whose task has not been announced yet.
     Provisional,
+    /// A task defined by a cgroup: its profile says what is collected,
+    /// and members moved out of the cgroup leave it.
+    Cgroup,
 }
 
 /// A process that belongs to another task cannot be attached.
@@ -164,6 +178,14 @@ pub enum SlotRole {
 pub struct AlreadyMember {
     pub pid: u32,
     /// The slot of the task it belongs to.
+    pub slot: u32,
+}
+
+/// A cgroup that defines another task cannot define a second one.
+#[derive(Debug, thiserror::Error)]
+#[error("the cgroup already defines another task")]
+pub struct CgroupTaken {
+    /// The slot of that task.
     pub slot: u32,
 }
 

@@ -353,10 +353,6 @@ impl Backend for SysinfoBackend {
     fn release(&mut self, slot: u32) {
         self.tasks.remove(&slot);
     }
-
-    fn new_losses(&mut self) -> Option<String> {
-        None
-    }
 }
 
 /// Threads of a process, where the OS lists them (Linux). sysinfo leaves

@@ -2,11 +2,14 @@
 //! registry as saved, and its restoration against the kernel state that
 //! outlived the agent.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::{
+    path::Path,
+    time::{Duration, Instant, SystemTime},
+};
 
 use super::{Engine, Provisional, SharedSlot, boottime_ns, grid_after};
 use crate::{
-    collect::Backend,
+    collect::{Backend, cgroup::Cgroup},
     profiles::MonitoringProfile,
     state::{Registry, SavedProvisional, SavedSlot, SavedTask},
     tasks::{Resumed, Task, TaskSpec},
@@ -33,6 +36,7 @@ impl Engine {
                     started_unix_ms: unix_ms(now, task.started()),
                     seq: task.seq(),
                     baseline: task.baseline(),
+                    cgroup: task.spec.cgroup.as_ref().map(|cgroup| cgroup.dir.clone()),
                 })
                 .collect(),
             proplet: self.proplet_slot.as_ref().map(|shared| SavedSlot {
@@ -117,6 +121,17 @@ impl Engine {
         if saved.awaiting_discovery {
             self.backend.discover(saved.slot, &saved.task_id)?;
         }
+        let cgroup = match &saved.cgroup {
+            Some(dir) => match self.resume_cgroup(saved.slot, &saved.task_id, dir) {
+                Ok(cgroup) => Some(cgroup),
+                Err(err) => {
+                    // Its processes are nobody's from now on.
+                    self.unreserve(saved.slot);
+                    return Err(err);
+                }
+            },
+            None => None,
+        };
         let now = Instant::now();
         let [seq, cpu_ns, sampled_at] = self.backend.user_words(saved.slot);
         let mut previous = (now, self.backend.totals(saved.slot)?);
@@ -134,6 +149,7 @@ impl Engine {
             proplet_id: saved.proplet_id,
             profile,
             attribution: saved.attribution,
+            cgroup,
         };
         let next_due = grid_after(self.origin, spec.profile.interval, now);
         self.insert(Task::resume(Resumed {
@@ -147,6 +163,21 @@ impl Engine {
             next_due,
         }));
         Ok(())
+    }
+}
+
+impl Engine {
+    /// The cgroup of a resumed task, attached again: processes that moved
+    /// in while no agent ran are members already (the kernel followed
+    /// them), and a cgroup made again meanwhile has a new id.
+    fn resume_cgroup(&mut self, slot: u32, task_id: &str, dir: &Path) -> anyhow::Result<Cgroup> {
+        let given = dir.to_string_lossy();
+        let cgroup = Cgroup::resolve(&given)
+            .map_err(|err| anyhow::anyhow!("task {task_id}: its cgroup: {err}"))?;
+        self.backend.attach_cgroup(slot, &cgroup).map_err(|err| {
+            anyhow::anyhow!("task {task_id}: attaching its cgroup again: {err:#}")
+        })?;
+        Ok(cgroup)
     }
 }
 

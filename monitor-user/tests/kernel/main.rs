@@ -7,9 +7,11 @@
 //! on a 2-core machine. A lock serialises them anyway.
 
 mod agent;
+mod cgroup;
 mod cli;
 mod cpu;
 mod disk;
+mod health;
 mod http;
 mod lifecycle;
 mod mqtt;
@@ -351,7 +353,12 @@ impl ThreadsTruth {
 
 impl PausedThreads {
     pub fn start(threads: u32, before_ms: u64, after_ms: u64) -> Self {
-        let report = scratch(&format!("threads-{threads}-{before_ms}-{after_ms}.json"));
+        // Numbered: a test may run several of the same shape at once.
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let number = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let report = scratch(&format!(
+            "threads-{threads}-{before_ms}-{after_ms}-{number}.json"
+        ));
         let mut child = Command::new(propmon_bin())
             .args(["workload", "threads", "--wait"])
             .args(["--threads", &threads.to_string()])

@@ -410,7 +410,8 @@ fn only_the_proplets_descendants_exec_a_task_exactly() {
     // The module process (sh) and the sleep it runs: nothing else.
     assert!(last.metrics.processes_started <= Some(2), "{last:?}");
     assert!(
-        run.stderr.contains("do not descend from the proplet"),
+        run.stderr
+            .contains("does not descend from the proplet: refused"),
         "{}",
         run.stderr
     );

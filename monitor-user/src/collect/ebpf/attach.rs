@@ -1,12 +1,15 @@
-//! Attaching running processes (`propmon agent --attach`): every thread of
-//! a process tree is given its task-local storage from here, through a
-//! pidfd, so the whole tree is part of the task at once, idle threads
-//! included.
+//! Attaching running processes: every thread of a process tree
+//! (`propmon agent --attach`), or of the processes in a cgroup
+//! (`--attach-cgroup`), is given its task-local storage from here,
+//! through a pidfd, so that all of them are part of the task at once, idle
+//! threads included. [`ThreadJoin`] joins one thread; [`TreeAttach`] and
+//! [`CgroupAttach`] say which.
 //!
 //! A thread created by a thread we have not reached yet is not seen by the
 //! kernel as a member; the walk is repeated until a whole walk finds no
-//! new thread. From then on every thread of the tree is a member, and
-//! what members create joins in the kernel (`task_newtask`).
+//! new thread. From then on every thread is a member, and what members
+//! create joins in the kernel (`task_newtask`), as do processes moved into
+//! the cgroup (`cgroup_attach_task`).
 //!
 //! One task per process: a process that already belongs to another live
 //! task keeps it, with its descendants (a tree attached inside a tree);
@@ -18,6 +21,7 @@ use std::{collections::HashSet, fs, io, mem::offset_of, os::fd::AsFd as _};
 use monitor_common::{SlotRef, TaskConfig, TaskRecord, ThreadState, slot, thread};
 
 use super::sys::{MappedArray, TaskStorage, thread_pidfd};
+use crate::collect::cgroup::Cgroup;
 
 /// Walks after which a tree that keeps growing is reported as attached
 /// anyway (each walk takes what it finds).
@@ -46,9 +50,13 @@ pub struct Attached {
     pub processes: usize,
     /// Processes left to the task they already belonged to.
     pub kept_by_other_tasks: usize,
+    /// Processes that left the cgroup while being attached.
+    pub moved_away: usize,
 }
 
-pub struct TreeAttach<'a> {
+/// Gives threads, one at a time, the storage that makes them members of
+/// the target task.
+pub struct ThreadJoin<'a> {
     pub storage: &'a TaskStorage<ThreadState>,
     pub config: &'a MappedArray<TaskConfig>,
     pub records: &'a MappedArray<TaskRecord>,
@@ -57,11 +65,18 @@ pub struct TreeAttach<'a> {
     pub flags: u32,
 }
 
-enum Outcome {
+/// What joining one thread did.
+pub enum Outcome {
     Joined,
     AlreadyHere,
+    /// It belongs to the task in this slot.
     Owned(u32),
     Gone,
+}
+
+/// Attaches a process tree.
+pub struct TreeAttach<'a> {
+    pub threads: ThreadJoin<'a>,
 }
 
 impl TreeAttach<'_> {
@@ -102,7 +117,7 @@ impl TreeAttach<'_> {
                 if !seen.insert(*tid) {
                     continue;
                 }
-                match self.join(*tid, *tid == pid)? {
+                match self.threads.join(*tid, *tid == pid)? {
                     Outcome::Joined => {
                         done.threads += 1;
                         done.processes += usize::from(*tid == pid);
@@ -127,9 +142,61 @@ impl TreeAttach<'_> {
         }
         Ok(())
     }
+}
 
+/// Attaches the processes in a cgroup and its sub-cgroups.
+pub struct CgroupAttach<'a> {
+    pub threads: ThreadJoin<'a>,
+    pub cgroup: &'a Cgroup,
+    /// Sub-cgroups to leave out: they define tasks of their own.
+    pub others: &'a HashSet<u64>,
+}
+
+impl CgroupAttach<'_> {
+    /// Joins every thread listed in the cgroup, walking again until a
+    /// walk finds no new thread; then checks that each process is still
+    /// in the cgroup (a process moved out between our reading of the
+    /// cgroup and its join was not seen leaving by the kernel), and takes
+    /// back those that are not.
+    pub fn run(&self) -> Result<Attached, AttachError> {
+        let mut done = Attached::default();
+        let mut seen: HashSet<u32> = HashSet::new();
+        let mut joined: Vec<(u32, u32)> = Vec::new();
+        for _ in 0..MAX_WALKS {
+            let before = done.threads;
+            for (tid, tgid) in self.cgroup.threads(self.others) {
+                if !seen.insert(tid) {
+                    continue;
+                }
+                match self.threads.join(tid, tid == tgid)? {
+                    Outcome::Joined => {
+                        done.threads += 1;
+                        done.processes += usize::from(tid == tgid);
+                        joined.push((tid, tgid));
+                    }
+                    Outcome::Owned(_) if tid == tgid => done.kept_by_other_tasks += 1,
+                    Outcome::Owned(_) | Outcome::AlreadyHere | Outcome::Gone => {}
+                }
+            }
+            if done.threads == before {
+                break;
+            }
+        }
+        let mut away: HashSet<u32> = HashSet::new();
+        for &(tid, tgid) in &joined {
+            if away.contains(&tgid) || !self.cgroup.holds(tgid) {
+                away.insert(tgid);
+                self.threads.leave(tid, tid == tgid)?;
+            }
+        }
+        done.moved_away = away.len();
+        Ok(done)
+    }
+}
+
+impl ThreadJoin<'_> {
     /// Gives one thread its storage.
-    fn join(&self, tid: u32, leader: bool) -> Result<Outcome, AttachError> {
+    pub fn join(&self, tid: u32, leader: bool) -> Result<Outcome, AttachError> {
         let storage_error = |source| AttachError::Storage { tid, source };
         let pidfd = match thread_pidfd(tid) {
             Ok(fd) => fd,
@@ -166,6 +233,29 @@ impl TreeAttach<'_> {
         }
     }
 
+    /// Takes back the storage [`ThreadJoin::join`] gave, if the thread
+    /// still names the target (the kernel may have moved it since).
+    pub fn leave(&self, tid: u32, leader: bool) -> Result<(), AttachError> {
+        let storage_error = |source| AttachError::Storage { tid, source };
+        let pidfd = match thread_pidfd(tid) {
+            Ok(fd) => fd,
+            Err(err) if err.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
+            Err(err) => return Err(storage_error(err)),
+        };
+        let ours = self
+            .storage
+            .get(pidfd.as_fd())
+            .map_err(storage_error)?
+            .is_some_and(|state| {
+                state.slot == self.target.slot && state.generation == self.target.generation
+            });
+        if ours {
+            self.storage.remove(pidfd.as_fd()).map_err(storage_error)?;
+            self.count(self.target.slot, leader, Direction::Left);
+        }
+        Ok(())
+    }
+
     /// The settings of the live task `state` names, if any.
     fn membership(&self, state: &ThreadState) -> Option<TaskConfig> {
         if state.flags & thread::SPAWNER != 0 || state.slot >= monitor_common::MAX_TASKS {
@@ -200,7 +290,8 @@ impl TreeAttach<'_> {
 enum Direction {
     Joined,
     Undo,
-    /// Leaving the proplet's slot for the target.
+    /// Leaving a task: the proplet's slot for the target, or the target
+    /// for nothing (counted as released).
     Left,
 }
 

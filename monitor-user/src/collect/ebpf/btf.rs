@@ -201,6 +201,17 @@ impl KernelBtf {
             sock_dport: self.field_offset("sock", "__sk_common.skc_dport")?,
             sock_v6_daddr: self.field_offset("sock", "__sk_common.skc_v6_daddr")?,
             sock_state: self.field_offset("sock", "__sk_common.skc_state")?,
+            task_flags: self.field_offset("task_struct", "flags")?,
+            task_thread_node: self.field_offset("task_struct", "thread_node")?,
+            signal_thread_head: self.field_offset("signal_struct", "thread_head")?,
+            task_cgroups: self.field_offset("task_struct", "cgroups")?,
+            css_set_dfl_cgrp: self.field_offset("css_set", "dfl_cgrp")?,
+            cgroup_kn: self.field_offset("cgroup", "kn")?,
+            kernfs_node_id: self.field_offset("kernfs_node", "id")?,
+            cgroup_root: self.field_offset("cgroup", "root")?,
+            cgroup_root_hierarchy_id: self.field_offset("cgroup_root", "hierarchy_id")?,
+            cgroup_parent: self.field_offset("cgroup", "self.parent")?,
+            css_cgroup: self.field_offset("cgroup_subsys_state", "cgroup")?,
         })
     }
 
@@ -445,6 +456,10 @@ mod tests {
             layout.fdtable_max_fds, 0,
             "struct fdtable starts with max_fds"
         );
+        // struct cgroup starts with its own css, whose first field is
+        // the cgroup pointer.
+        assert_eq!(layout.css_cgroup, 0, "{layout:?}");
+        assert!(layout.cgroup_parent > 0 && layout.cgroup_parent < layout.cgroup_kn);
     }
 
     #[test]

@@ -4,18 +4,19 @@
 //! Order of work: preflight checks, BTF offsets, load with the offsets as
 //! globals (reusing the pinned maps of a previous agent when asked to keep
 //! state), attach every hook (or keep the pinned links), attach the
-//! sampling iterator, map the shared arrays. Dropping the backend detaches
-//! what is not pinned.
+//! sampling iterator, map the shared arrays, read the kernel's log
+//! records. Dropping the backend detaches what is not pinned.
 
 pub mod attach;
 pub mod btf;
+pub mod kernel_log;
 pub mod peers;
 pub mod pins;
 pub mod preflight;
 pub mod sys;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     mem::offset_of,
     os::fd::{AsFd as _, AsRawFd as _},
     path::Path,
@@ -28,20 +29,23 @@ use aya::{
     maps::{Array, HashMap, MapData, Queue, RingBuf},
     programs::{BtfTracePoint, FExit, Iter, links::FdLink},
 };
+use aya_log::EbpfLogger;
 use monitor_common::{
-    Control, DISCOVERY_ID_BYTES, KernelStats, LAYOUT_GLOBAL, MAX_TASKS, NetBucket, SlotRef,
-    TaskConfig, TaskEvent, TaskRecord, ThreadState, collect, maps, slot, switch, thread,
+    Control, DISCOVERY_ID_BYTES, KernelStats, LAYOUT_GLOBAL, MAX_CGROUP_TASKS, MAX_TASKS,
+    NetBucket, SlotRef, TaskConfig, TaskEvent, TaskRecord, ThreadState, collect, maps, slot,
+    switch, thread,
 };
 use tokio::process::{Child, Command};
 
 use self::{
-    attach::{AttachError, TreeAttach},
+    attach::{AttachError, CgroupAttach, ThreadJoin, TreeAttach},
+    kernel_log::KernelLog,
     pins::Pins,
-    sys::{IterLink, MappedArray, TaskStorage, thread_pidfd},
+    sys::{IterLink, MappedArray, Poll, TaskStorage, thread_pidfd},
 };
 use super::{
     Backend, BackendEvents, DiskDetails, DiskTotals, ProcessSample, SlotRole, SpawnError,
-    TaskTotals, USER_WORDS,
+    TaskTotals, USER_WORDS, cgroup::Cgroup,
 };
 use crate::{message::Source, profiles::MonitoringProfile};
 
@@ -63,6 +67,7 @@ const HOOKS: &[Hook] = &[
     ),
     Hook::required(Kind::Tracepoint, "tcp_retransmit_skb", "tcp_retransmit_skb"),
     Hook::required(Kind::Tracepoint, "tcp_receive_reset", "tcp_receive_reset"),
+    Hook::required(Kind::Tracepoint, "cgroup_attach_task", "cgroup_attach_task"),
     Hook::optional(
         Kind::FExit,
         "tcp_splice_read",
@@ -169,15 +174,24 @@ pub struct EbpfBackend {
     discover: HashMap<MapData, [u8; DISCOVERY_ID_BYTES], SlotRef>,
     provisional_pool: Queue<MapData, SlotRef>,
     provisional: HashMap<MapData, [u8; DISCOVERY_ID_BYTES], SlotRef>,
+    cgroups: HashMap<MapData, u64, SlotRef>,
     events: RingBuf<MapData>,
     peers: peers::PeerBook,
     /// When every peer row was last looked at.
     peers_rescanned: std::time::Instant,
+    /// The kernel's log records, to the agent's log (`None` if aya-log's
+    /// map could not be read: the counts still reach the proplet message).
+    kernel_log: Option<EbpfLogger<KernelLog>>,
+    /// Readable when there are events or log records.
+    poll: Poll,
     /// Task ids the kernel is looking for.
     discovering: BTreeMap<String, u32>,
     /// Slots in use, for a full sweep when events were lost.
     active: BTreeSet<u32>,
-    reported: KernelStats,
+    /// The cgroup id of each task defined by a cgroup.
+    cgroup_slots: BTreeMap<u32, u64>,
+    /// Events lost so far, as last seen.
+    event_drops: u64,
     /// Whether the kernel state came from a previous agent.
     resumed: bool,
     /// Whether the kernel state is pinned for the next agent.
@@ -256,7 +270,17 @@ impl EbpfBackend {
         let control: MappedArray<Control> =
             MappedArray::map(map_data(&ebpf, maps::CONTROL)?.fd().as_fd(), 1)
                 .context("mapping CONTROL")?;
-        let reported = control.get(0).stats;
+        let event_drops = control.get(0).stats.event_drops;
+        let kernel_log = match EbpfLogger::init_with_logger(&mut ebpf, KernelLog) {
+            Ok(logger) => Some(logger),
+            Err(err) => {
+                tracing::warn!(
+                    "the kernel programs' log records cannot be read ({err}): their losses are \
+                     only counted in the proplet-level message"
+                );
+                None
+            }
+        };
         let peer_rows = MappedArray::map(
             map_data(&ebpf, maps::PEERS)?.fd().as_fd(),
             monitor_common::MAX_PEER_ROWS,
@@ -267,14 +291,22 @@ impl EbpfBackend {
             HashMap::try_from(take_map(&mut ebpf, maps::PEER_INDEX)?)?,
             Queue::try_from(take_map(&mut ebpf, maps::FREE_PEER_ROWS)?)?,
         );
-        Ok(EbpfBackend {
+        let events = RingBuf::try_from(take_map(&mut ebpf, maps::TASK_EVENTS)?)?;
+        let poll = Poll::new(
+            std::iter::once(events.as_fd()).chain(kernel_log.as_ref().map(|log| log.as_fd())),
+        )
+        .context("waiting for kernel events (epoll)")?;
+        let mut backend = EbpfBackend {
             peers: peer_book,
             peers_rescanned: std::time::Instant::now(),
             switches: Array::try_from(take_map(&mut ebpf, maps::SWITCHES)?)?,
             discover: HashMap::try_from(take_map(&mut ebpf, maps::DISCOVER)?)?,
             provisional_pool: Queue::try_from(take_map(&mut ebpf, maps::PROVISIONAL_POOL)?)?,
             provisional: HashMap::try_from(take_map(&mut ebpf, maps::PROVISIONAL)?)?,
-            events: RingBuf::try_from(take_map(&mut ebpf, maps::TASK_EVENTS)?)?,
+            cgroups: HashMap::try_from(take_map(&mut ebpf, maps::CGROUPS)?)?,
+            events,
+            kernel_log,
+            poll,
             _ebpf: ebpf,
             _pinned_links: pinned_links,
             pass_link,
@@ -284,11 +316,30 @@ impl EbpfBackend {
             control,
             discovering: BTreeMap::new(),
             active: BTreeSet::new(),
-            reported,
+            cgroup_slots: BTreeMap::new(),
+            event_drops,
             resumed: pins.as_ref().is_some_and(|pins| pins.resumed()),
             pinned: pins.is_some(),
             releases: ReleaseFlusher::default(),
-        })
+        };
+        backend.keep_live_cgroups()?;
+        Ok(backend)
+    }
+
+    /// Kernel state left by a previous agent: the cgroups of tasks still
+    /// in their slots are kept (the engine takes those tasks up), the
+    /// others forgotten.
+    fn keep_live_cgroups(&mut self) -> anyhow::Result<()> {
+        let entries: Vec<(u64, SlotRef)> = self.cgroups.iter().filter_map(Result::ok).collect();
+        for (id, target) in entries {
+            if self.live_generation(target.slot) == Some(target.generation) {
+                self.cgroup_slots.insert(target.slot, id);
+            } else {
+                let _ = self.cgroups.remove(&id);
+            }
+        }
+        let any = !self.cgroup_slots.is_empty();
+        self.set_switch(switch::CGROUPS, any)
     }
 
     /// Records the kernel could not make, since the maps were created.
@@ -365,6 +416,7 @@ impl Backend for EbpfBackend {
                     collect::ALL | slot::YIELDS_TO_DISCOVERY | slot::PROPLET_LINEAGE
                 }
                 SlotRole::Provisional => collect::ALL,
+                SlotRole::Cgroup => collect_flags(profile) | slot::CGROUP,
             };
         self.set_config(slot, TaskConfig { generation, flags });
         self.active.insert(slot);
@@ -404,13 +456,8 @@ impl Backend for EbpfBackend {
     }
 
     fn attach(&mut self, slot: u32, pid: u32) -> anyhow::Result<()> {
-        let config = self.config.get(slot);
         let tree = TreeAttach {
-            storage: &self.threads,
-            config: &self.config,
-            records: &self.records,
-            target: self.target(slot),
-            flags: config.flags & collect::ALL,
+            threads: self.thread_join(slot),
         };
         let attached = tree.run(pid).map_err(|err| match err {
             AttachError::Owned { pid, slot } => {
@@ -420,6 +467,57 @@ impl Backend for EbpfBackend {
         })?;
         tracing::debug!("attached PID {pid}: {attached:?}");
         // Baselines are taken, and the tree shows, at once.
+        self.run_pass()
+    }
+
+    fn attach_cgroup(&mut self, slot: u32, cgroup: &Cgroup) -> anyhow::Result<()> {
+        let target = self.target(slot);
+        if let Ok(owner) = self.cgroups.get(&cgroup.id, 0)
+            && owner != target
+            && self.live_generation(owner.slot) == Some(owner.generation)
+        {
+            return Err(anyhow::Error::new(super::CgroupTaken { slot: owner.slot }));
+        }
+        // First the kernel follows migrations, then we attach who is
+        // there: a process moving in meanwhile is a member either way.
+        self.cgroups
+            .insert(cgroup.id, target, 0)
+            .map_err(|err| match err {
+                aya::maps::MapError::SyscallError(ref e)
+                    if e.io_error.raw_os_error() == Some(libc::E2BIG) =>
+                {
+                    anyhow!("at most {MAX_CGROUP_TASKS} cgroups can define tasks at once")
+                }
+                other => anyhow::Error::new(other).context("registering the cgroup"),
+            })?;
+        if let Some(old) = self.cgroup_slots.insert(slot, cgroup.id)
+            && old != cgroup.id
+        {
+            let _ = self.cgroups.remove(&old); // the cgroup was made again
+        }
+        self.set_switch(switch::CGROUPS, true)?;
+        let others: HashSet<u64> = self
+            .cgroup_slots
+            .iter()
+            .filter(|(other, _)| **other != slot)
+            .map(|(_, id)| *id)
+            .collect();
+        let attached = CgroupAttach {
+            threads: self.thread_join(slot),
+            cgroup,
+            others: &others,
+        }
+        .run()
+        .with_context(|| format!("attaching the processes in cgroup {}", cgroup.path))?;
+        tracing::debug!("attached cgroup {}: {attached:?}", cgroup.path);
+        if attached.kept_by_other_tasks > 0 {
+            tracing::warn!(
+                "cgroup {}: {} processes in it already belong to other tasks and stay there \
+                 (a process belongs to one task)",
+                cgroup.path,
+                attached.kept_by_other_tasks
+            );
+        }
         self.run_pass()
     }
 
@@ -532,7 +630,11 @@ impl Backend for EbpfBackend {
     }
 
     fn events(&mut self) -> BackendEvents {
+        if let Some(log) = self.kernel_log.as_mut() {
+            log.flush();
+        }
         let mut result = BackendEvents::default();
+        let mut moved = false;
         while let Some(item) = self.events.next() {
             let Some(event) = read_event(&item) else {
                 continue;
@@ -541,6 +643,10 @@ impl Backend for EbpfBackend {
                 continue; // about a task that ended since
             }
             match event.kind {
+                TaskEvent::MOVED => {
+                    moved = true;
+                    result.maybe_ended.push(event.slot);
+                }
                 TaskEvent::DISCOVERED => {
                     self.discovering.retain(|_, slot| *slot != event.slot);
                     result.discovered.push(event.slot);
@@ -555,10 +661,17 @@ impl Backend for EbpfBackend {
             }
         }
         let drops = self.kernel_stats().event_drops;
-        if drops > self.reported.event_drops {
-            // Events were lost: look at every task once.
-            self.reported.event_drops = drops;
+        if drops > self.event_drops {
+            // Events were lost: look at every task once, and settle any
+            // move at once.
+            self.event_drops = drops;
             result.maybe_ended.extend(self.active.iter().copied());
+            moved = true;
+        }
+        if moved && let Err(err) = self.run_pass() {
+            // A process changed cgroup: its other threads change task at
+            // the next look at them, which this pass is.
+            tracing::warn!("{err:#}");
         }
         result.maybe_ended.sort_unstable();
         result.maybe_ended.dedup();
@@ -566,7 +679,7 @@ impl Backend for EbpfBackend {
     }
 
     fn event_fd(&self) -> Option<i32> {
-        Some(self.events.as_raw_fd())
+        Some(self.poll.as_raw_fd())
     }
 
     fn release(&mut self, slot: u32) {
@@ -575,6 +688,14 @@ impl Backend for EbpfBackend {
         }
         self.active.remove(&slot);
         self.peers.release(slot);
+        if let Some(id) = self.cgroup_slots.remove(&slot) {
+            let _ = self.cgroups.remove(&id);
+            if self.cgroup_slots.is_empty()
+                && let Err(err) = self.set_switch(switch::CGROUPS, false)
+            {
+                tracing::debug!("{err:#}");
+            }
+        }
         let generation = self.config.get(slot).generation.wrapping_add(1);
         // Every thread that still names the slot is a stranger from now on.
         self.set_config(
@@ -633,49 +754,18 @@ impl Backend for EbpfBackend {
         // The inherent method of the same name.
         Some(EbpfBackend::kernel_stats(self))
     }
+}
 
-    fn new_losses(&mut self) -> Option<String> {
-        let stats = self.kernel_stats();
-        let storage = stats.storage_failures - self.reported.storage_failures;
-        let refused = stats.lineage_refused - self.reported.lineage_refused;
-        let exhausted = stats.provisional_exhausted - self.reported.provisional_exhausted;
-        let argv = stats.argv_read_failures - self.reported.argv_read_failures;
-        let peers = stats.peer_rows_exhausted - self.reported.peer_rows_exhausted;
-        self.reported = KernelStats {
-            event_drops: self.reported.event_drops,
-            ..stats
-        };
-        let mut lines = Vec::new();
-        if storage > 0 {
-            lines.push(format!(
-                "the kernel could not give {storage} new threads their task (out of memory): \
-                 their figures are missing"
-            ));
+impl EbpfBackend {
+    /// Joins threads to the task in `slot`.
+    fn thread_join(&self, slot: u32) -> ThreadJoin<'_> {
+        ThreadJoin {
+            storage: &self.threads,
+            config: &self.config,
+            records: &self.records,
+            target: self.target(slot),
+            flags: self.config.get(slot).flags & collect::ALL,
         }
-        if refused > 0 {
-            lines.push(format!(
-                "{refused} module execs were refused: they do not descend from the proplet"
-            ));
-        }
-        if exhausted > 0 {
-            lines.push(format!(
-                "{exhausted} module execs came before their start message with no provisional \
-                 slot left: those tasks will be found only if they exec again"
-            ));
-        }
-        if argv > 0 {
-            lines.push(format!(
-                "{argv} execs could not be searched for a module (argv unreadable)"
-            ));
-        }
-        if peers > 0 {
-            lines.push(format!(
-                "{peers} new peers found every one of the kernel's {} peer rows taken: their \
-                 bytes are counted in their task's \"other\" peer",
-                monitor_common::MAX_PEER_ROWS
-            ));
-        }
-        (!lines.is_empty()).then(|| lines.join("; "))
     }
 }
 

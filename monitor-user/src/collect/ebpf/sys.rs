@@ -1,6 +1,7 @@
 //! The few `bpf(2)` commands and memory mappings aya 0.14 has no API for:
 //! task-local storage keyed by pidfd, BPF iterators run from a link we
-//! keep, and arrays shared through `mmap`.
+//! keep, and arrays shared through `mmap`; and one epoll fd for the
+//! programs' ring buffers.
 
 use std::{
     io,
@@ -307,6 +308,53 @@ fn procfs_page_size() -> usize {
     // SAFETY: plain query.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(size).unwrap_or(4096)
+}
+
+/// An epoll instance watching some fds: itself readable when one of them
+/// is, so that the agent's loop waits on one fd for all of them.
+pub struct Poll {
+    fd: OwnedFd,
+}
+
+impl Poll {
+    /// Watches `fds` for input (level-triggered: readable for as long as
+    /// one has something unread).
+    pub fn new<'a>(fds: impl IntoIterator<Item = BorrowedFd<'a>>) -> io::Result<Self> {
+        // SAFETY: plain syscall; a non-negative result is a new fd we own.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: see above.
+        let poll = Poll {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        };
+        for watched in fds {
+            let mut event = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: watched.as_raw_fd() as u64,
+            };
+            // SAFETY: both fds are open; `event` is a valid struct.
+            let ret = unsafe {
+                libc::epoll_ctl(
+                    poll.fd.as_raw_fd(),
+                    libc::EPOLL_CTL_ADD,
+                    watched.as_raw_fd(),
+                    &mut event,
+                )
+            };
+            if ret < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(poll)
+    }
+}
+
+impl AsRawFd for Poll {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
 }
 
 /// Duplicates a borrowed fd into one we own.
