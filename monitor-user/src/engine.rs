@@ -160,6 +160,27 @@ impl Engine {
         self.backend.kernel_stats()
     }
 
+    /// The kernel side's programs and maps, if the backend has one; task
+    /// slots and provisional roots are handed out here, so counted here.
+    pub fn kernel_usage(&self) -> Option<crate::collect::KernelUsage> {
+        let mut usage = self.backend.kernel_usage()?;
+        let ours = [
+            crate::collect::MapUsage {
+                map: "tasks",
+                entries: u64::from(self.slots.in_use()),
+                capacity: u64::from(self.slots.capacity()),
+            },
+            crate::collect::MapUsage {
+                map: "provisional",
+                entries: self.provisional.len() as u64,
+                capacity: u64::from(monitor_common::MAX_PROVISIONAL),
+            },
+        ];
+        usage.maps.extend(ours);
+        usage.maps.sort_by_key(|usage| usage.map);
+        Some(usage)
+    }
+
     pub fn sink_mut(&mut self) -> &mut dyn Sink {
         self.sink.as_mut()
     }

@@ -446,6 +446,11 @@ impl SlotAllocator {
         self.capacity
     }
 
+    /// Slots allocated and not freed.
+    pub fn in_use(&self) -> u32 {
+        self.next_unused - self.freed.len() as u32
+    }
+
     /// Marks `slot` as taken (a task resumed from a previous agent).
     pub fn take(&mut self, slot: u32) {
         while self.next_unused <= slot && self.next_unused < self.capacity {
@@ -773,15 +778,18 @@ mod tests {
         assert_eq!(slots.allocate(), Ok(0));
         assert_eq!(slots.allocate(), Ok(1));
         slots.free(0);
+        assert_eq!(slots.in_use(), 1);
         assert_eq!(slots.allocate(), Ok(2), "a fresh slot before a freed one");
         slots.free(2);
         slots.free(1);
+        assert_eq!(slots.in_use(), 0);
         assert_eq!(slots.allocate(), Ok(0));
         assert_eq!(slots.allocate(), Ok(2));
         assert_eq!(slots.allocate(), Ok(1));
         assert_eq!(slots.allocate(), Err(SlotsExhausted { capacity: 3 }));
         let mut resumed = SlotAllocator::new(4);
         resumed.take(2);
+        assert_eq!(resumed.in_use(), 1, "slots below a resumed one are free");
         assert_eq!(resumed.allocate(), Ok(3));
         assert_eq!(resumed.allocate(), Ok(0));
         assert_eq!(resumed.allocate(), Ok(1));

@@ -21,8 +21,8 @@ use crate::{
     export::{
         self, Fanout, Outgoing, Sink,
         http::{HttpServer, ListenAddr},
-        latest::{Health, Latest},
-        mqtt::{Incoming, MqttSettings},
+        latest::{Health, Latest, MqttHealth},
+        mqtt::{Incoming, MqttSettings, MqttStatus},
         stdout::StdoutSink,
     },
     input::{check_task_id, untrusted},
@@ -129,6 +129,8 @@ pub struct AgentSettings {
     pub discovery_timeout: Duration,
     /// Where to serve /metrics and /api/v1/tasks.
     pub listen: Option<ListenAddr>,
+    /// Per-peer series in /metrics.
+    pub metrics_peers: bool,
 }
 
 /// Default `--discovery-timeout`.
@@ -198,9 +200,10 @@ impl AgentSettings {
         let propeller = args.propeller.or(file.propeller).unwrap_or(false);
         let mut mqtt_args = args.mqtt;
         file.fill_mqtt(&mut mqtt_args)?;
-        let mut listen = args.listen;
-        file.fill_listen(&mut listen)?;
-        let listen = listen.settings()?;
+        let mut listen_args = args.listen;
+        file.fill_listen(&mut listen_args)?;
+        let listen = listen_args.settings()?;
+        let metrics_peers = listen_args.peer_series(listen.is_some());
         let subscribe: &[&str] = if propeller {
             &[propeller::START_PATH, propeller::STOP_PATH]
         } else {
@@ -259,6 +262,7 @@ impl AgentSettings {
             state_dir: args.state_dir.or(file.state_dir),
             max_tasks,
             listen,
+            metrics_peers,
         })
     }
 
@@ -376,8 +380,10 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
     let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(StdoutSink::default())];
     let mut control = None;
     let mut flusher = None;
+    let mut mqtt_status = None;
     if let Some(mqtt) = settings.mqtt.clone() {
         let (sink, flush, incoming) = export::mqtt::start(mqtt)?;
+        mqtt_status = Some(sink.status());
         sinks.push(Box::new(sink));
         control = Some(incoming);
         flusher = Some(flush);
@@ -386,7 +392,8 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
         Some(addr) => {
             let health =
                 Health::starting(&settings.proplet_id, backend.source(), settings.max_tasks);
-            let server = export::http::start(addr, Latest::new(health))?;
+            let latest = Latest::new(health).with_peer_series(settings.metrics_peers);
+            let server = export::http::start(addr, latest)?;
             sinks.push(Box::new(server.latest().sink()));
             Some(server)
         }
@@ -423,6 +430,10 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
         }
     }
     save_state(&mut engine, state.as_ref());
+    let http = http.map(|server| Served {
+        server,
+        mqtt: mqtt_status,
+    });
     report_health(&mut engine, &settings, http.as_ref());
     let mut proplet = settings
         .enable_monitoring
@@ -510,17 +521,34 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The listener, and what it reports on besides the engine.
+pub(super) struct Served {
+    pub server: HttpServer,
+    pub mqtt: Option<MqttStatus>,
+}
+
 /// The agent's own state, for `/metrics`, as of this round.
-fn report_health(engine: &mut Engine, settings: &AgentSettings, http: Option<&HttpServer>) {
+fn report_health(engine: &mut Engine, settings: &AgentSettings, http: Option<&Served>) {
     let Some(http) = http else { return };
-    http.latest().set_health(Health {
+    http.server.latest().set_health(Health {
         proplet_id: settings.proplet_id.clone(),
         source: engine.source(),
         tasks: engine.task_count() as u64,
         task_slots: u64::from(settings.max_tasks),
         dropped_messages: engine.sink_mut().dropped(),
         kernel: engine.kernel_stats(),
+        kernel_usage: engine.kernel_usage(),
+        mqtt: http.mqtt.as_ref().map(mqtt_health),
     });
+}
+
+/// The exporter's state, read without waiting for it.
+pub(super) fn mqtt_health(status: &MqttStatus) -> MqttHealth {
+    MqttHealth {
+        connected: status.connected(),
+        queued: status.queued(),
+        queue_capacity: status.capacity(),
+    }
 }
 
 async fn recv(control: &mut Option<mpsc::UnboundedReceiver<Incoming>>) -> Option<Incoming> {
@@ -809,6 +837,7 @@ mod tests {
             state_dir: None,
             max_tasks: monitor_common::MAX_TASKS,
             listen: None,
+            metrics_peers: false,
         };
         assert_eq!(
             settings.profile_for(None, true),

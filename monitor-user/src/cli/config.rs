@@ -12,6 +12,7 @@
 //! attach = ["web=1234,profile=real_time_api"]
 //! listen = "127.0.0.1:9464"
 //! attach_cgroup = ["db=system.slice/postgresql.service"]
+//! metrics_peers = true
 //! ```
 
 use std::path::Path;
@@ -67,6 +68,8 @@ pub struct ConfigFile {
     pub listen: Option<String>,
     /// Allow `listen` on an address other than loopback.
     pub listen_non_loopback: Option<bool>,
+    /// Per-peer series in /metrics.
+    pub metrics_peers: Option<bool>,
 }
 
 impl ConfigFile {
@@ -116,6 +119,9 @@ impl ConfigFile {
         }
         if listen.listen_non_loopback.is_none() {
             listen.listen_non_loopback = self.listen_non_loopback;
+        }
+        if listen.metrics_peers.is_none() {
+            listen.metrics_peers = self.metrics_peers;
         }
         Ok(())
     }
@@ -228,6 +234,30 @@ mod tests {
         assert!(err.contains("add --listen-non-loopback"), "{err}");
         let open = listen("listen = \"0.0.0.0:9464\"\nlisten_non_loopback = true");
         assert!(open.unwrap().is_some());
+    }
+
+    #[test]
+    fn metrics_peers_is_off_unless_asked_for_and_a_flag_wins() {
+        let peers = |text: &str, flag: Option<bool>| {
+            let mut listen = super::super::ListenArgs {
+                metrics_peers: flag,
+                ..Default::default()
+            };
+            ConfigFile::parse(text)
+                .unwrap()
+                .fill_listen(&mut listen)
+                .unwrap();
+            listen.peer_series(true)
+        };
+        assert!(!peers("listen = \"127.0.0.1:9464\"", None));
+        assert!(peers("metrics_peers = true", None));
+        assert!(!peers("metrics_peers = true", Some(false)));
+        // Nothing to show them on: off.
+        let listen = super::super::ListenArgs {
+            metrics_peers: Some(true),
+            ..Default::default()
+        };
+        assert!(!listen.peer_series(false));
     }
 
     #[test]

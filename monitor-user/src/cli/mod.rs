@@ -282,6 +282,18 @@ pub struct ListenArgs {
         default_missing_value = "true"
     )]
     pub listen_non_loopback: Option<bool>,
+    /// Add per-peer series to /metrics: each task's peers as its messages
+    /// list them (the profile's max_peers busiest, then "other"), so at
+    /// most max_peers + 1 series per task and metric [default: false].
+    #[arg(
+        long,
+        value_name = "BOOL",
+        env = "PROPMON_METRICS_PEERS",
+        value_parser = BoolishValueParser::new(),
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub metrics_peers: Option<bool>,
 }
 
 impl ListenArgs {
@@ -307,6 +319,16 @@ impl ListenArgs {
             );
         }
         Ok(Some(addr.clone()))
+    }
+
+    /// Whether `/metrics` has per-peer series; said once if it has no
+    /// listener to show them on (an environment file may set both).
+    pub fn peer_series(&self, listening: bool) -> bool {
+        let asked = self.metrics_peers.unwrap_or(false);
+        if asked && !listening {
+            tracing::warn!("--metrics-peers does nothing without --listen");
+        }
+        asked && listening
     }
 }
 

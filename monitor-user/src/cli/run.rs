@@ -11,7 +11,9 @@ use anyhow::Context as _;
 use tokio::{process::Command, time::sleep_until};
 
 use super::{
-    BadUsage, EXIT_PROPMON_FAILED, RunArgs, check_proplet_id,
+    BadUsage, EXIT_PROPMON_FAILED, RunArgs,
+    agent::{Served, mqtt_health},
+    check_proplet_id,
     signals::{Stop, StopSignals, forward},
     wake::EventWaker,
 };
@@ -20,7 +22,7 @@ use crate::{
     engine::{Engine, task_spec},
     export::{
         self, Fanout, Sink,
-        http::{HttpServer, ListenAddr},
+        http::ListenAddr,
         latest::{Health, Latest},
         mqtt::MqttSettings,
         stdout::StdoutSink,
@@ -43,6 +45,7 @@ struct RunSettings {
     backend: BackendChoice,
     mqtt: Option<MqttSettings>,
     listen: Option<ListenAddr>,
+    metrics_peers: bool,
     command: Vec<OsString>,
 }
 
@@ -62,9 +65,11 @@ impl RunSettings {
             .task_id
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         check_task_id("--task-id", &task_id)?;
+        let listen = args.listen.settings()?;
         Ok(RunSettings {
             mqtt: args.mqtt.settings(&proplet_id, &[])?,
-            listen: args.listen.settings()?,
+            metrics_peers: args.listen.peer_series(listen.is_some()),
+            listen,
             spec: task_spec(&task_id, &proplet_id, profile)?,
             backend: args.backend,
             command: args.command,
@@ -131,17 +136,23 @@ async fn supervise(settings: RunSettings) -> Result<ExitCode, RunError> {
     let backend = collect::open(settings.backend, &collect::Options::default())?;
     let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(StdoutSink::default())];
     let mut flusher = None;
+    let mut mqtt_status = None;
     if let Some(mqtt) = settings.mqtt {
         let (sink, flush, _) = export::mqtt::start(mqtt)?;
+        mqtt_status = Some(sink.status());
         sinks.push(Box::new(sink));
         flusher = Some(flush);
     }
     let http = match &settings.listen {
         Some(addr) => {
             let health = Health::starting(&settings.spec.proplet_id, backend.source(), 1);
-            let server = export::http::start(addr, Latest::new(health))?;
+            let latest = Latest::new(health).with_peer_series(settings.metrics_peers);
+            let server = export::http::start(addr, latest)?;
             sinks.push(Box::new(server.latest().sink()));
-            Some(server)
+            Some(Served {
+                server,
+                mqtt: mqtt_status,
+            })
         }
         None => None,
     };
@@ -205,12 +216,14 @@ async fn supervise(settings: RunSettings) -> Result<ExitCode, RunError> {
 }
 
 /// The run's own state, for `/metrics`, as of this round.
-fn report_health(engine: &mut Engine, proplet_id: &str, http: Option<&HttpServer>) {
+fn report_health(engine: &mut Engine, proplet_id: &str, http: Option<&Served>) {
     let Some(http) = http else { return };
-    http.latest().set_health(Health {
+    http.server.latest().set_health(Health {
         tasks: engine.task_count() as u64,
         dropped_messages: engine.sink_mut().dropped(),
         kernel: engine.kernel_stats(),
+        kernel_usage: engine.kernel_usage(),
+        mqtt: http.mqtt.as_ref().map(mqtt_health),
         ..Health::starting(proplet_id, engine.source(), 1)
     });
 }

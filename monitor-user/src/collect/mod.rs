@@ -121,6 +121,12 @@ pub trait Backend: Send {
         None
     }
 
+    /// The kernel side's programs and how full its bounded maps are, if
+    /// the backend has a kernel side (for `/metrics`; cheap, every round).
+    fn kernel_usage(&self) -> Option<KernelUsage> {
+        None
+    }
+
     /// Whether the backend took up the kernel state a previous agent left.
     fn resumed(&self) -> bool {
         false
@@ -156,6 +162,28 @@ pub trait Backend: Send {
 
 /// Words of [`Backend::user_words`].
 pub const USER_WORDS: usize = 3;
+
+/// What the kernel side holds for the agent, for its health series.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelUsage {
+    /// Programs of the object in the kernel: loaded by the agent, or kept
+    /// loaded for it by a previous agent's pinned links.
+    pub programs_loaded: u32,
+    /// Of those, the ones attached to their hook (an optional hook that
+    /// could not attach is loaded, not attached, and its figures missing).
+    pub programs_attached: u32,
+    /// The bounded maps, each with the entries in use.
+    pub maps: Vec<MapUsage>,
+}
+
+/// How full one bounded kernel map is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapUsage {
+    /// The name `/metrics` gives it (`map` label).
+    pub map: &'static str,
+    pub entries: u64,
+    pub capacity: u64,
+}
 
 /// What a slot is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

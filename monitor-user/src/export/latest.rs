@@ -15,7 +15,10 @@ use std::{
 use monitor_common::KernelStats;
 
 use super::{Outgoing, Sink};
-use crate::message::{Source, TaskMetricsMessage};
+use crate::{
+    collect::KernelUsage,
+    message::{Source, TaskMetricsMessage},
+};
 
 /// The agent's own state, as of its last round.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +33,20 @@ pub struct Health {
     pub dropped_messages: u64,
     /// The kernel side's counters of what it could not record (eBPF only).
     pub kernel: Option<KernelStats>,
+    /// The kernel side's programs and maps (eBPF only).
+    pub kernel_usage: Option<KernelUsage>,
+    /// The MQTT exporter, when a broker is configured.
+    pub mqtt: Option<MqttHealth>,
+}
+
+/// The MQTT exporter's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MqttHealth {
+    pub connected: bool,
+    /// Messages waiting to be handed to the broker.
+    pub queued: u64,
+    /// Most messages the queue keeps (`--mqtt-queue-size`).
+    pub queue_capacity: u64,
 }
 
 impl Health {
@@ -42,6 +59,8 @@ impl Health {
             task_slots: u64::from(task_slots),
             dropped_messages: 0,
             kernel: None,
+            kernel_usage: None,
+            mqtt: None,
         }
     }
 }
@@ -52,11 +71,14 @@ pub struct Snapshot {
     /// The latest message of every task that has not ended, by task id.
     pub tasks: Vec<Arc<TaskMetricsMessage>>,
     pub health: Health,
+    /// Whether `/metrics` shows each task's peers (`--metrics-peers`).
+    pub peer_series: bool,
 }
 
 struct State {
     tasks: BTreeMap<String, Arc<TaskMetricsMessage>>,
     health: Health,
+    peer_series: bool,
 }
 
 /// Shared between the sampling loop and the listener.
@@ -68,7 +90,15 @@ impl Latest {
         Latest(Arc::new(Mutex::new(State {
             tasks: BTreeMap::new(),
             health,
+            peer_series: false,
         })))
+    }
+
+    /// Per-peer series in `/metrics` (off unless asked for: they multiply
+    /// a task's series by its listed peers).
+    pub fn with_peer_series(self, on: bool) -> Self {
+        self.lock().peer_series = on;
+        self
     }
 
     /// The sink that keeps every task's latest message here.
@@ -85,6 +115,7 @@ impl Latest {
         Snapshot {
             tasks: state.tasks.values().cloned().collect(),
             health: state.health.clone(),
+            peer_series: state.peer_series,
         }
     }
 
@@ -132,6 +163,8 @@ pub(crate) mod tests {
             task_slots: 4096,
             dropped_messages: 0,
             kernel: None,
+            kernel_usage: None,
+            mqtt: None,
         }
     }
 

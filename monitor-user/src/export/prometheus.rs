@@ -16,24 +16,32 @@
 //! | `propmon_task_disk_read_bytes_total`, `..._write_bytes_total` | counter | `metrics.disk_*_bytes` |
 //! | `propmon_task_network_receive_bytes_total{protocol}`, `..._transmit_...` | counter | `details.network.{tcp,udp,other}` |
 //! | `propmon_task_unix_socket_receive_bytes_total`, `..._transmit_...` | counter | `details.network.unix` |
+//! | `propmon_task_tcp_retransmits_total`, `..._failed_connections_total`, `..._resets_received_total` | counter | `details.network.tcp` |
+//! | `propmon_task_peer_*{peer,protocol}` (`--metrics-peers`) | counter, gauge | `details.network.peers` |
 //! | `propmon_task_threads`, `propmon_task_open_fds`, `propmon_task_processes` | gauge | `metrics.*_count` |
 //! | `propmon_task_processes_started_total` | counter | `metrics.processes_started` |
 //! | `propmon_agent_info{source,version}` | gauge (1) | |
 //! | `propmon_agent_tasks`, `propmon_agent_task_slots` | gauge | tasks monitored, `--max-tasks` |
 //! | `propmon_agent_dropped_messages_total` | counter | `dropped_messages` |
 //! | `propmon_agent_cpu_seconds_total`, `propmon_agent_resident_memory_bytes` | counter, gauge | the agent's own use |
-//! | `propmon_kernel_*_total` | counter | the kernel side's losses (eBPF) |
+//! | `propmon_agent_mqtt_connected`, `propmon_agent_export_queue_{length,capacity}` | gauge | the MQTT exporter, when configured |
+//! | `propmon_kernel_programs_{loaded,attached}` | gauge | the agent's eBPF programs |
+//! | `propmon_kernel_map_{entries,capacity}{map}`, `propmon_kernel_map_failed_inserts_total{map}` | gauge, counter | the bounded kernel maps (eBPF) |
+//! | `propmon_kernel_*_total` | counter | the kernel side's other losses (eBPF) |
 //!
 //! Agent and kernel series have a `proplet_id` label too, so that one
 //! selector picks a node's tasks and its agent.
 //!
-//! Per-peer traffic (`details.network.peers`) is in the messages and in
-//! `/api/v1/tasks`, not in series: a peer label multiplies a task's series
-//! by its peers, which change as connections come and go. If it is ever
-//! exported, it belongs beside `encode_network`, off unless asked for, the
-//! message's top N plus `peer="other"` only.
+//! Per-peer series are off unless asked for (`--metrics-peers`): a `peer`
+//! label multiplies a task's series by its peers. They are made from the
+//! message's own list only (the profile's `max_peers` busiest, then
+//! `peer="other"`, which has no `protocol`), so a task has at most
+//! `max_peers + 1` series per peer metric, whatever it talks to.
 
-use std::fmt;
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    fmt,
+};
 
 use prometheus_client::{
     collector::Collector,
@@ -43,7 +51,7 @@ use prometheus_client::{
 };
 
 use super::latest::Snapshot;
-use crate::message::{Source, TaskMetrics, TaskMetricsMessage, Traffic};
+use crate::message::{Peer, Source, TaskMetrics, TaskMetricsMessage, TcpTraffic, Traffic};
 
 /// The exposition format of a response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -320,31 +328,143 @@ static UNIX_SOCKETS: [NetworkFigure; 2] = [
     },
 ];
 
+/// TCP's health over all of a task's TCP sockets, from `details.network.tcp`.
+struct TcpFigure {
+    metric: Metric,
+    value: fn(&TcpTraffic) -> Option<u64>,
+}
+
+static TCP_HEALTH: [TcpFigure; 3] = [
+    TcpFigure {
+        metric: Metric {
+            stem: "propmon_task_tcp_retransmits",
+            help: "TCP segments the task's sockets retransmitted.",
+            unit: None,
+            kind: Kind::Counter,
+        },
+        value: |t| t.retransmits,
+    },
+    TcpFigure {
+        metric: Metric {
+            stem: "propmon_task_tcp_failed_connections",
+            help: "TCP connections of the task that never got established: refused, timed out, or reset during the handshake.",
+            unit: None,
+            kind: Kind::Counter,
+        },
+        value: |t| t.failed_connections,
+    },
+    TcpFigure {
+        metric: Metric {
+            stem: "propmon_task_tcp_resets_received",
+            help: "Established TCP connections of the task that the other end reset.",
+            unit: None,
+            kind: Kind::Counter,
+        },
+        value: |t| t.resets_received,
+    },
+];
+
+/// A figure of each peer the message lists (`--metrics-peers`).
+struct PeerFigure {
+    metric: Metric,
+    value: fn(&Peer) -> Option<Number>,
+}
+
+static PEERS: [PeerFigure; 5] = [
+    PeerFigure {
+        metric: Metric {
+            stem: "propmon_task_peer_receive",
+            help: "Payload bytes the task received from a peer (its busiest ones; peer=\"other\" for the rest).",
+            unit: Some(Unit::Bytes),
+            kind: Kind::Counter,
+        },
+        value: |p| Some(Number::Int(p.rx_bytes)),
+    },
+    PeerFigure {
+        metric: Metric {
+            stem: "propmon_task_peer_transmit",
+            help: "Payload bytes the task sent to a peer (its busiest ones; peer=\"other\" for the rest).",
+            unit: Some(Unit::Bytes),
+            kind: Kind::Counter,
+        },
+        value: |p| Some(Number::Int(p.tx_bytes)),
+    },
+    PeerFigure {
+        metric: Metric {
+            stem: "propmon_task_peer_connections_opened",
+            help: "TCP connections of the task with a peer that got established (connected or accepted).",
+            unit: None,
+            kind: Kind::Counter,
+        },
+        value: |p| tcp_figure(p, p.connections_opened),
+    },
+    PeerFigure {
+        metric: Metric {
+            stem: "propmon_task_peer_connections_open",
+            help: "TCP connections of the task with a peer that are established now.",
+            unit: None,
+            kind: Kind::Gauge,
+        },
+        value: |p| tcp_figure(p, p.connections_open),
+    },
+    PeerFigure {
+        metric: Metric {
+            stem: "propmon_task_peer_retransmits",
+            help: "TCP segments the task's sockets retransmitted to a peer.",
+            unit: None,
+            kind: Kind::Counter,
+        },
+        value: |p| p.retransmits.map(Number::Int),
+    },
+];
+
+/// A connection figure: TCP peers and the `other` entry have them; UDP,
+/// which has no connections, would only add series of zeros.
+fn tcp_figure(peer: &Peer, value: u64) -> Option<Number> {
+    matches!(peer.protocol.as_deref(), Some("tcp") | None).then_some(Number::Int(value))
+}
+
+/// A task's peers, one entry per label set: entries the message keeps
+/// apart but labels cannot (UDP and UDP-Lite are both `udp`; ICMP and
+/// SCTP both `other`) would be one series twice, which a scrape refuses.
+fn peers_by_labels(peers: &[Peer]) -> Vec<Peer> {
+    let mut merged: Vec<Peer> = Vec::with_capacity(peers.len());
+    let mut index: HashMap<(&str, Option<&str>), usize> = HashMap::with_capacity(peers.len());
+    for peer in peers {
+        match index.entry((peer.peer.as_str(), peer.protocol.as_deref())) {
+            Entry::Vacant(entry) => {
+                entry.insert(merged.len());
+                merged.push(peer.clone());
+            }
+            Entry::Occupied(entry) => {
+                let into = &mut merged[*entry.get()];
+                into.rx_bytes = into.rx_bytes.saturating_add(peer.rx_bytes);
+                into.tx_bytes = into.tx_bytes.saturating_add(peer.tx_bytes);
+                into.connections_opened = into
+                    .connections_opened
+                    .saturating_add(peer.connections_opened);
+                into.connections_closed = into
+                    .connections_closed
+                    .saturating_add(peer.connections_closed);
+                into.connections_open = into.connections_open.saturating_add(peer.connections_open);
+                into.retransmits = match (into.retransmits, peer.retransmits) {
+                    (None, None) => None,
+                    (a, b) => Some(a.unwrap_or(0).saturating_add(b.unwrap_or(0))),
+                };
+            }
+        }
+    }
+    merged
+}
+
 /// A counter of the kernel side's losses.
 struct KernelFigure {
     metric: Metric,
     value: fn(&monitor_common::KernelStats) -> u64,
 }
 
-static KERNEL: [KernelFigure; 6] = [
-    KernelFigure {
-        metric: Metric {
-            stem: "propmon_kernel_events_lost",
-            help: "Task events the kernel could not queue (ring buffer full); the agent then looks at every task.",
-            unit: None,
-            kind: Kind::Counter,
-        },
-        value: |k| k.event_drops,
-    },
-    KernelFigure {
-        metric: Metric {
-            stem: "propmon_kernel_thread_storage_failures",
-            help: "Threads the kernel could not give task-local storage (out of memory): their figures are missing.",
-            unit: None,
-            kind: Kind::Counter,
-        },
-        value: |k| k.storage_failures,
-    },
+/// Losses that are no map's (a full map's are failed inserts, below).
+static KERNEL: [KernelFigure; 3] = [
     KernelFigure {
         metric: Metric {
             stem: "propmon_kernel_argv_read_failures",
@@ -353,15 +473,6 @@ static KERNEL: [KernelFigure; 6] = [
             kind: Kind::Counter,
         },
         value: |k| k.argv_read_failures,
-    },
-    KernelFigure {
-        metric: Metric {
-            stem: "propmon_kernel_provisional_slots_exhausted",
-            help: "Module execs before their start message that found no provisional slot left.",
-            unit: None,
-            kind: Kind::Counter,
-        },
-        value: |k| k.provisional_exhausted,
     },
     KernelFigure {
         metric: Metric {
@@ -374,12 +485,88 @@ static KERNEL: [KernelFigure; 6] = [
     },
     KernelFigure {
         metric: Metric {
-            stem: "propmon_kernel_peer_rows_exhausted",
-            help: "New peers that found every kernel peer row taken: counted in their task's \"other\" peer.",
+            stem: "propmon_kernel_layout_mismatches",
+            help: "Sampling passes that found the kernel's structs not where the offsets read from BTF say: figures cannot be trusted.",
             unit: None,
             kind: Kind::Counter,
         },
+        value: |k| k.layout_mismatches,
+    },
+];
+
+static PROGRAMS_LOADED: Metric = Metric {
+    stem: "propmon_kernel_programs_loaded",
+    help: "eBPF programs the agent has in the kernel (loaded by it, or kept by a previous agent's pinned links).",
+    unit: None,
+    kind: Kind::Gauge,
+};
+
+static PROGRAMS_ATTACHED: Metric = Metric {
+    stem: "propmon_kernel_programs_attached",
+    help: "eBPF programs attached to their hook; fewer than loaded when an optional hook could not attach.",
+    unit: None,
+    kind: Kind::Gauge,
+};
+
+static MAP_ENTRIES: Metric = Metric {
+    stem: "propmon_kernel_map_entries",
+    help: "Entries in use in a bounded kernel map.",
+    unit: None,
+    kind: Kind::Gauge,
+};
+
+static MAP_CAPACITY: Metric = Metric {
+    stem: "propmon_kernel_map_capacity",
+    help: "Entries a bounded kernel map can hold (tasks: --max-tasks).",
+    unit: None,
+    kind: Kind::Gauge,
+};
+
+static MAP_FAILED_INSERTS: Metric = Metric {
+    stem: "propmon_kernel_map_failed_inserts",
+    help: "Entries a kernel map had no room for: task events lost (events), peers counted in \"other\" (peers), threads that could not follow their process to another cgroup (pending_moves), early module execs with no slot (provisional) or not recorded (provisional_roots), threads without their task (threads).",
+    unit: None,
+    kind: Kind::Counter,
+};
+
+/// A loss counter of the kernel's that counts failed inserts into a map.
+struct FailedInserts {
+    /// The `map` label.
+    map: &'static str,
+    value: fn(&monitor_common::KernelStats) -> u64,
+}
+
+/// Sorted by map, as the maps' usage is.
+static FAILED_INSERTS: [FailedInserts; 6] = [
+    // Task events the ring buffer had no room for.
+    FailedInserts {
+        map: "events",
+        value: |k| k.event_drops,
+    },
+    // New peers that found every row taken: counted in their task's "other".
+    FailedInserts {
+        map: "peers",
         value: |k| k.peer_rows_exhausted,
+    },
+    // Threads of a process that changed cgroup whose move was not kept.
+    FailedInserts {
+        map: "pending_moves",
+        value: |k| k.move_failures,
+    },
+    // Module execs before their start message that found no slot ready.
+    FailedInserts {
+        map: "provisional",
+        value: |k| k.provisional_exhausted,
+    },
+    // Provisional roots the map of early module execs had no room for.
+    FailedInserts {
+        map: "provisional_roots",
+        value: |k| k.discovery_map_full,
+    },
+    // Threads the kernel could not give task-local storage (out of memory).
+    FailedInserts {
+        map: "threads",
+        value: |k| k.storage_failures,
     },
 ];
 
@@ -394,6 +581,7 @@ impl Collector for Exposition {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         self.encode_tasks(&mut encoder)?;
         self.encode_network(&mut encoder)?;
+        self.encode_peers(&mut encoder)?;
         self.encode_agent(&mut encoder)?;
         self.encode_kernel(&mut encoder)
     }
@@ -437,6 +625,41 @@ impl Exposition {
             let series = self.snapshot.tasks.iter().filter_map(|message| {
                 let unix = message.details.network.as_ref()?.unix;
                 Some((task_labels(message), Number::Int((figure.bytes)(&unix))))
+            });
+            encode_metric(encoder, &figure.metric, series)?;
+        }
+        for figure in &TCP_HEALTH {
+            let series = self.snapshot.tasks.iter().filter_map(|message| {
+                let value = (figure.value)(&message.details.network.as_ref()?.tcp)?;
+                Some((task_labels(message), Number::Int(value)))
+            });
+            encode_metric(encoder, &figure.metric, series)?;
+        }
+        Ok(())
+    }
+
+    fn encode_peers(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        if !self.snapshot.peer_series {
+            return Ok(());
+        }
+        let listed: Vec<(&TaskMetricsMessage, Vec<Peer>)> = (self.snapshot.tasks.iter())
+            .filter_map(|message| {
+                let peers = &message.details.network.as_ref()?.peers;
+                (!peers.is_empty()).then(|| (message.as_ref(), peers_by_labels(peers)))
+            })
+            .collect();
+        for figure in &PEERS {
+            let series = listed.iter().flat_map(|(message, peers)| {
+                peers.iter().filter_map(|peer| {
+                    let value = (figure.value)(peer)?;
+                    let mut labels = task_labels(message);
+                    labels.push(("peer", peer.peer.as_str()));
+                    // The `other` entry has none: the label is left out.
+                    if let Some(protocol) = &peer.protocol {
+                        labels.push(("protocol", protocol.as_str()));
+                    }
+                    Some((labels, value))
+                })
             });
             encode_metric(encoder, &figure.metric, series)?;
         }
@@ -509,6 +732,34 @@ impl Exposition {
                 ),
                 self.own.rss_bytes.map(|b| (proplet(), Number::Int(b))),
             ),
+            (
+                gauge(
+                    "propmon_agent_mqtt_connected",
+                    "1 while the agent is connected to its MQTT broker, else 0.",
+                    None,
+                ),
+                health
+                    .mqtt
+                    .map(|m| (proplet(), Number::Int(u64::from(m.connected)))),
+            ),
+            (
+                gauge(
+                    "propmon_agent_export_queue_length",
+                    "Messages waiting to be handed to the MQTT broker.",
+                    None,
+                ),
+                health.mqtt.map(|m| (proplet(), Number::Int(m.queued))),
+            ),
+            (
+                gauge(
+                    "propmon_agent_export_queue_capacity",
+                    "Messages the export queue keeps at most (--mqtt-queue-size); beyond it the oldest are dropped.",
+                    None,
+                ),
+                health
+                    .mqtt
+                    .map(|m| (proplet(), Number::Int(m.queue_capacity))),
+            ),
         ];
         for (metric, series) in agent {
             encode_metric(encoder, &metric, series)?;
@@ -518,13 +769,38 @@ impl Exposition {
 
     fn encode_kernel(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
         let health = &self.snapshot.health;
+        let proplet = health.proplet_id.as_str();
+        let node = || vec![("proplet_id", proplet)];
+        let per_map = |map: &'static str, value: u64| {
+            (
+                vec![("proplet_id", proplet), ("map", map)],
+                Number::Int(value),
+            )
+        };
+        if let Some(usage) = &health.kernel_usage {
+            let programs = [
+                (&PROGRAMS_LOADED, usage.programs_loaded),
+                (&PROGRAMS_ATTACHED, usage.programs_attached),
+            ];
+            for (metric, count) in programs {
+                let value = Number::Int(u64::from(count));
+                encode_metric(encoder, metric, [(node(), value)])?;
+            }
+            let entries = usage.maps.iter().map(|m| per_map(m.map, m.entries));
+            encode_metric(encoder, &MAP_ENTRIES, entries)?;
+            let capacity = usage.maps.iter().map(|m| per_map(m.map, m.capacity));
+            encode_metric(encoder, &MAP_CAPACITY, capacity)?;
+        }
         let Some(stats) = &health.kernel else {
             return Ok(());
         };
+        let failed = FAILED_INSERTS
+            .iter()
+            .map(|f| per_map(f.map, (f.value)(stats)));
+        encode_metric(encoder, &MAP_FAILED_INSERTS, failed)?;
         for figure in &KERNEL {
-            let labels = vec![("proplet_id", health.proplet_id.as_str())];
             let value = Number::Int((figure.value)(stats));
-            encode_metric(encoder, &figure.metric, [(labels, value)])?;
+            encode_metric(encoder, &figure.metric, [(node(), value)])?;
         }
         Ok(())
     }
@@ -566,7 +842,224 @@ mod tests {
         Snapshot {
             tasks: vec![Arc::new(web), Arc::new(odd)],
             health,
+            peer_series: false,
         }
+    }
+
+    fn peer(name: &str, protocol: Option<&str>, rx: u64, tx: u64) -> Peer {
+        Peer {
+            peer: name.into(),
+            protocol: protocol.map(str::to_owned),
+            rx_bytes: rx,
+            tx_bytes: tx,
+            ..Peer::default()
+        }
+    }
+
+    /// A task that talks to peers, as the eBPF backend reports it.
+    fn talker() -> TaskMetricsMessage {
+        let mut api = message("api", 2, false);
+        let tcp = Peer {
+            connections_opened: 201,
+            connections_closed: 200,
+            connections_open: 1,
+            retransmits: Some(3),
+            ..peer("192.0.2.2:7071", Some("tcp"), 120_000, 603_216)
+        };
+        let other = Peer {
+            retransmits: Some(0),
+            ..peer("other", None, 4096, 0)
+        };
+        api.details.network = Some(NetworkDetails {
+            tcp: TcpTraffic {
+                rx_bytes: 124_096,
+                tx_bytes: 603_216,
+                retransmits: Some(3),
+                failed_connections: Some(1),
+                resets_received: Some(0),
+            },
+            udp: Traffic {
+                rx_bytes: 100,
+                tx_bytes: 111,
+            },
+            peers: vec![
+                tcp,
+                peer("[2001:db8::2]:7070", Some("udp"), 100, 100),
+                // UDP and UDP-Lite: one label set, one series.
+                peer("unconnected", Some("udp"), 0, 5),
+                peer("unconnected", Some("udp"), 0, 6),
+                other,
+            ],
+            ..Default::default()
+        });
+        api
+    }
+
+    fn page_of(tasks: Vec<TaskMetricsMessage>, peer_series: bool) -> String {
+        let snapshot = Snapshot {
+            tasks: tasks.into_iter().map(Arc::new).collect(),
+            health: health(),
+            peer_series,
+        };
+        render(snapshot, Format::Prometheus).unwrap()
+    }
+
+    #[test]
+    fn task_tcp_health_is_shown_when_the_message_has_it() {
+        let page = page_of(vec![talker(), message("quiet", 1, false)], false);
+        let labels = r#"{task_id="api",proplet_id="edge-7"}"#;
+        for line in [
+            "# TYPE propmon_task_tcp_retransmits_total counter".to_owned(),
+            format!("propmon_task_tcp_retransmits_total{labels} 3"),
+            format!("propmon_task_tcp_failed_connections_total{labels} 1"),
+            format!("propmon_task_tcp_resets_received_total{labels} 0"),
+        ] {
+            assert!(page.lines().any(|l| l == line), "no {line:?} in\n{page}");
+        }
+        assert!(!page.contains(r#"tcp_retransmits_total{task_id="quiet""#));
+    }
+
+    #[test]
+    fn peer_series_only_when_asked_for() {
+        let page = page_of(vec![talker()], false);
+        assert!(!page.contains("propmon_task_peer"), "{page}");
+    }
+
+    /// Issue 12: the message's own list, one series per peer and metric,
+    /// labels escaped as the format wants; `other` has no protocol.
+    #[test]
+    fn peer_series_follow_the_messages_list() {
+        let mut odd = message("odd", 1, false);
+        odd.details.network = Some(NetworkDetails {
+            peers: vec![peer("we\"ird\\peer\n", Some("tcp"), 1, 2)],
+            ..Default::default()
+        });
+        let page = page_of(vec![talker(), odd], true);
+        let task = r#"task_id="api",proplet_id="edge-7""#;
+        let expected = [
+            "# HELP propmon_task_peer_receive_bytes_total Payload bytes the task received from a peer (its busiest ones; peer=\"other\" for the rest).".to_owned(),
+            "# TYPE propmon_task_peer_receive_bytes_total counter".to_owned(),
+            format!(r#"propmon_task_peer_receive_bytes_total{{{task},peer="192.0.2.2:7071",protocol="tcp"}} 120000"#),
+            format!(r#"propmon_task_peer_receive_bytes_total{{{task},peer="[2001:db8::2]:7070",protocol="udp"}} 100"#),
+            format!(r#"propmon_task_peer_receive_bytes_total{{{task},peer="unconnected",protocol="udp"}} 0"#),
+            format!(r#"propmon_task_peer_receive_bytes_total{{{task},peer="other"}} 4096"#),
+            r#"propmon_task_peer_receive_bytes_total{task_id="odd",proplet_id="edge-7",peer="we\"ird\\peer\n",protocol="tcp"} 1"#.to_owned(),
+            format!(r#"propmon_task_peer_transmit_bytes_total{{{task},peer="192.0.2.2:7071",protocol="tcp"}} 603216"#),
+            format!(r#"propmon_task_peer_transmit_bytes_total{{{task},peer="unconnected",protocol="udp"}} 11"#),
+            format!(r#"propmon_task_peer_transmit_bytes_total{{{task},peer="other"}} 0"#),
+            format!(r#"propmon_task_peer_connections_opened_total{{{task},peer="192.0.2.2:7071",protocol="tcp"}} 201"#),
+            "# TYPE propmon_task_peer_connections_open gauge".to_owned(),
+            format!(r#"propmon_task_peer_connections_open{{{task},peer="192.0.2.2:7071",protocol="tcp"}} 1"#),
+            format!(r#"propmon_task_peer_connections_open{{{task},peer="other"}} 0"#),
+            format!(r#"propmon_task_peer_retransmits_total{{{task},peer="192.0.2.2:7071",protocol="tcp"}} 3"#),
+            format!(r#"propmon_task_peer_retransmits_total{{{task},peer="other"}} 0"#),
+        ];
+        for line in &expected {
+            assert!(page.lines().any(|l| l == line), "no {line:?} in\n{page}");
+        }
+        // Each label set once: the two unconnected UDP entries are one.
+        let receive: Vec<&str> = page
+            .lines()
+            .filter(|l| l.starts_with("propmon_task_peer_receive_bytes_total{task_id=\"api\""))
+            .collect();
+        assert_eq!(receive.len(), 4, "{receive:#?}");
+        // UDP has no connections nor retransmissions: no series rather
+        // than made-up zeros.
+        for metric in [
+            "connections_opened_total",
+            "connections_open",
+            "retransmits_total",
+        ] {
+            let udp = format!(r#"propmon_task_peer_{metric}{{{task},peer="[2001"#);
+            assert!(!page.contains(&udp), "{udp}");
+        }
+    }
+
+    #[test]
+    fn agent_health_shows_the_exporter_and_the_kernel_maps() {
+        let mut snapshot = snapshot();
+        snapshot.health.mqtt = Some(crate::export::latest::MqttHealth {
+            connected: true,
+            queued: 7,
+            queue_capacity: 60_000,
+        });
+        snapshot.health.kernel_usage = Some(crate::collect::KernelUsage {
+            programs_loaded: 12,
+            programs_attached: 11,
+            maps: vec![
+                crate::collect::MapUsage {
+                    map: "peers",
+                    entries: 40,
+                    capacity: 16_384,
+                },
+                crate::collect::MapUsage {
+                    map: "tasks",
+                    entries: 3,
+                    capacity: 4096,
+                },
+            ],
+        });
+        snapshot.health.kernel = Some(monitor_common::KernelStats {
+            event_drops: 2,
+            storage_failures: 1,
+            peer_rows_exhausted: 5,
+            provisional_exhausted: 4,
+            argv_read_failures: 6,
+            lineage_refused: 8,
+            discovery_map_full: 3,
+            move_failures: 9,
+            layout_mismatches: 10,
+        });
+        let page = render(snapshot, Format::Prometheus).unwrap();
+        let node = r#"proplet_id="edge-7""#;
+        for line in [
+            format!("propmon_agent_mqtt_connected{{{node}}} 1"),
+            format!("propmon_agent_export_queue_length{{{node}}} 7"),
+            format!("propmon_agent_export_queue_capacity{{{node}}} 60000"),
+            "# TYPE propmon_kernel_programs_loaded gauge".to_owned(),
+            format!("propmon_kernel_programs_loaded{{{node}}} 12"),
+            format!("propmon_kernel_programs_attached{{{node}}} 11"),
+            format!(r#"propmon_kernel_map_entries{{{node},map="peers"}} 40"#),
+            format!(r#"propmon_kernel_map_capacity{{{node},map="peers"}} 16384"#),
+            format!(r#"propmon_kernel_map_entries{{{node},map="tasks"}} 3"#),
+            format!(r#"propmon_kernel_map_capacity{{{node},map="tasks"}} 4096"#),
+            "# TYPE propmon_kernel_map_failed_inserts_total counter".to_owned(),
+            format!(r#"propmon_kernel_map_failed_inserts_total{{{node},map="events"}} 2"#),
+            format!(r#"propmon_kernel_map_failed_inserts_total{{{node},map="peers"}} 5"#),
+            format!(r#"propmon_kernel_map_failed_inserts_total{{{node},map="pending_moves"}} 9"#),
+            format!(r#"propmon_kernel_map_failed_inserts_total{{{node},map="provisional"}} 4"#),
+            format!(
+                r#"propmon_kernel_map_failed_inserts_total{{{node},map="provisional_roots"}} 3"#
+            ),
+            format!(r#"propmon_kernel_map_failed_inserts_total{{{node},map="threads"}} 1"#),
+            format!("propmon_kernel_argv_read_failures_total{{{node}}} 6"),
+            format!("propmon_kernel_lineage_refusals_total{{{node}}} 8"),
+            format!("propmon_kernel_layout_mismatches_total{{{node}}} 10"),
+        ] {
+            assert!(page.lines().any(|l| l == line), "no {line:?} in\n{page}");
+        }
+        // A disconnected broker is a 0, not a missing series.
+        let mut snapshot = self::snapshot();
+        snapshot.health.mqtt = Some(crate::export::latest::MqttHealth {
+            connected: false,
+            queued: 0,
+            queue_capacity: 1,
+        });
+        let page = render(snapshot, Format::Prometheus).unwrap();
+        assert!(page.contains("propmon_agent_mqtt_connected{proplet_id=\"edge-7\"} 0\n"));
+    }
+
+    #[test]
+    fn no_exporter_no_exporter_series() {
+        let page = render(snapshot(), Format::Prometheus).unwrap();
+        assert!(
+            !page.contains("mqtt") && !page.contains("export_queue"),
+            "{page}"
+        );
+        assert!(
+            !page.contains("propmon_kernel_programs"),
+            "no usage reported"
+        );
     }
 
     #[test]
@@ -585,7 +1078,7 @@ mod tests {
             r#"propmon_agent_info{proplet_id="edge-7",source="ebpf",version="0.1.0"} 1"#,
             r#"propmon_agent_task_slots{proplet_id="edge-7"} 4096"#,
             r#"propmon_agent_dropped_messages_total{proplet_id="edge-7"} 0"#,
-            r#"propmon_kernel_events_lost_total{proplet_id="edge-7"} 2"#,
+            r#"propmon_kernel_map_failed_inserts_total{proplet_id="edge-7",map="events"} 2"#,
         ] {
             assert!(page.lines().any(|l| l == line), "no {line:?} in\n{page}");
         }

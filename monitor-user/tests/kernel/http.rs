@@ -112,6 +112,33 @@ impl Busy {
         Busy(child)
     }
 
+    /// A shell that, once told to (a line on its stdin, sent when the agent
+    /// follows it), runs `workload net` (TCP, UDP and a refused connection
+    /// over IPv4 and IPv6 loopback: peers, and TCP health, that stay in
+    /// the task's messages), writes its report to `report`, then becomes
+    /// `workload busy`.
+    fn after_network(report: &Path) -> Self {
+        let child = Command::new("sh")
+            .args([
+                "-c",
+                r#"read go && "$0" workload net --report "$1" && exec "$0" workload busy --seconds 600"#,
+            ])
+            .arg(propmon_bin())
+            .arg(report)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        Busy(child)
+    }
+
+    /// Lets [`Busy::after_network`] go on.
+    fn release(&mut self) {
+        let stdin = self.0.stdin.as_mut().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+        stdin.flush().unwrap();
+    }
+
     fn attach(&self, task_id: &str) -> String {
         format!("{task_id}={}", self.0.id())
     }
@@ -141,6 +168,15 @@ fn sample(page: &str, series: &str) -> Option<f64> {
     page.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .map(|value| value.parse().unwrap())
+}
+
+/// The sum of the samples of `page` whose line starts with `prefix` (a
+/// name and the first labels), and how many there are.
+fn sum_of(page: &str, prefix: &str) -> (f64, usize) {
+    page.lines()
+        .filter(|line| line.starts_with(prefix))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .fold((0.0, 0), |(sum, count), value| (sum + value, count + 1))
 }
 
 fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
@@ -180,7 +216,11 @@ fn metrics_and_api_follow_a_task_until_its_final_message() {
             r#"propmon_task_network_receive_bytes_total{{task_id="busy",proplet_id="{PROPLET}",protocol="tcp"}}"#
         ),
         format!(r#"propmon_agent_tasks{{proplet_id="{PROPLET}"}}"#),
-        format!(r#"propmon_kernel_events_lost_total{{proplet_id="{PROPLET}"}}"#),
+        format!(
+            r#"propmon_kernel_map_failed_inserts_total{{proplet_id="{PROPLET}",map="events"}}"#
+        ),
+        format!(r#"propmon_kernel_map_entries{{proplet_id="{PROPLET}",map="tasks"}}"#),
+        format!(r#"propmon_kernel_programs_attached{{proplet_id="{PROPLET}"}}"#),
     ] {
         assert!(
             sample(&page.body, &series).is_some(),
@@ -188,6 +228,28 @@ fn metrics_and_api_follow_a_task_until_its_final_message() {
             page.body
         );
     }
+    // One task slot taken, of --max-tasks (4096 by default).
+    let node = format!(r#"{{proplet_id="{PROPLET}",map="tasks"}}"#);
+    assert_eq!(
+        sample(&page.body, &format!("propmon_kernel_map_entries{node}")),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&page.body, &format!("propmon_kernel_map_capacity{node}")),
+        Some(4096.0)
+    );
+    // At least the required programs (nine hooks and the sampling pass)
+    // attached, and no more than are loaded.
+    let programs = |name: &str| {
+        let series = format!("{name}{{proplet_id=\"{PROPLET}\"}}");
+        sample(&page.body, &series).unwrap_or_else(|| panic!("no {series}: {}", page.body))
+    };
+    let attached = programs("propmon_kernel_programs_attached");
+    assert!(attached >= 10.0, "{}", page.body);
+    assert!(programs("propmon_kernel_programs_loaded") >= attached);
+    // Without a broker, no exporter series; without --metrics-peers, no peers.
+    assert!(!page.body.contains("propmon_agent_mqtt_connected"));
+    assert!(!page.body.contains("propmon_task_peer_"));
     let openmetrics = get(addr, "/metrics", Some("application/openmetrics-text"));
     assert_eq!(
         openmetrics.header("content-type"),
@@ -354,17 +416,85 @@ fn substitute(expr: &str, task_id: &str) -> String {
     substituted
 }
 
-/// Item 2: Prometheus scrapes an agent that tracks a busy task; every
-/// expression of the dashboard parses and returns series for that task
-/// (and its agent); `promtool check metrics` finds nothing to say.
+/// Item 2: Prometheus scrapes an agent (publishing to a broker, with
+/// per-peer series) that tracks a task which talked to peers and then
+/// stays busy; every expression of the dashboard parses and returns series
+/// for that task (and its agent); `promtool check metrics` finds nothing
+/// to say.
 #[test]
 fn prometheus_evaluates_every_dashboard_query() {
     let Some(_serial) = kernel_test() else { return };
-    let busy = Busy::start();
-    let (mut live, addr) = listening(agent_listening(&["--attach", &busy.attach("busy")]));
+    let broker = crate::mqtt::Broker::start(None);
+    let report = scratch("http-net-report.json");
+    let _ = std::fs::remove_file(&report);
+    let mut busy = Busy::after_network(&report);
+    let url = broker.url();
+    let attach = busy.attach("busy");
+    let (mut live, addr) = listening(agent_listening(&[
+        "--attach",
+        &attach,
+        "--metrics-peers",
+        "--mqtt-url",
+        &url,
+        "--domain-id",
+        "dom",
+        "--channel-id",
+        "chan",
+    ]));
     live.until(Duration::from_secs(20), |m| m.task_id == "busy");
+    // Followed from now on: the traffic is the task's.
+    busy.release();
+    wait_until("workload net done", Duration::from_secs(60), || {
+        report.exists()
+    });
+    let truth: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let sent = |key: &str| truth[key].as_u64().unwrap();
+    live.until(Duration::from_secs(20), |m| {
+        let network = m.details.network.as_ref();
+        m.task_id == "busy"
+            && network.is_some_and(|n| {
+                n.tcp.tx_bytes >= sent("tcp_tx") && n.udp.tx_bytes >= sent("udp_tx")
+            })
+    });
 
     let page = get(addr, "/metrics", None).body;
+    let task = format!(r#"{{task_id="busy",proplet_id="{PROPLET}""#);
+    // The peers' series add up to the task's, as the message's peers do.
+    for direction in ["receive", "transmit"] {
+        let (peers, listed) = sum_of(
+            &page,
+            &format!("propmon_task_peer_{direction}_bytes_total{task}"),
+        );
+        let (total, _) = sum_of(
+            &page,
+            &format!("propmon_task_network_{direction}_bytes_total{task}"),
+        );
+        assert!(
+            listed >= 2 && peers > 0.0 && peers == total,
+            "{direction}: {page}"
+        );
+    }
+    // IPv6 peers as they are, brackets and colons in a label value.
+    assert!(
+        page.contains(&format!(
+            r#"propmon_task_peer_transmit_bytes_total{task},peer="[::1]:"#
+        )),
+        "{page}"
+    );
+    for series in [
+        format!("propmon_task_tcp_retransmits_total{task}}}"),
+        format!("propmon_task_tcp_failed_connections_total{task}}}"),
+        format!("propmon_task_tcp_resets_received_total{task}}}"),
+    ] {
+        assert!(sample(&page, &series).is_some(), "no {series}: {page}");
+    }
+    let node = format!(r#"{{proplet_id="{PROPLET}"}}"#);
+    assert_eq!(
+        sample(&page, &format!("propmon_agent_mqtt_connected{node}")),
+        Some(1.0),
+        "{page}"
+    );
+    assert!(sample(&page, &format!("propmon_agent_export_queue_length{node}")).is_some());
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -434,6 +564,58 @@ fn prometheus_evaluates_every_dashboard_query() {
     }
     drop(prometheus);
     drop(busy);
+    let run = live.terminate();
+    assert!(run.status.success(), "{}", run.stderr);
+    drop(broker);
+    let _ = std::fs::remove_file(&report);
+}
+
+/// Item 1: the broker's state and the export queue, as the agent sees
+/// them: connected, then not (messages wait), then connected again (the
+/// queue drains).
+#[test]
+fn broker_state_and_export_queue_follow_the_broker() {
+    let Some(_serial) = kernel_test() else { return };
+    let mut broker = crate::mqtt::Broker::start(None);
+    let sleepers = Sleepers::start(1, 120);
+    let url = broker.url();
+    let mut agent = agent_listening(&[
+        "--backend",
+        "sysinfo",
+        "--mqtt-url",
+        &url,
+        "--domain-id",
+        "dom",
+        "--channel-id",
+        "chan",
+        "--mqtt-queue-size",
+        "1000",
+    ]);
+    agent.args(sleepers.attach_args("idle"));
+    let (live, addr) = listening(agent);
+    let node = format!(r#"{{proplet_id="{PROPLET}"}}"#);
+    let gauge = |name: &str| sample(&get(addr, "/metrics", None).body, &format!("{name}{node}"));
+    let connected = || gauge("propmon_agent_mqtt_connected");
+    let queued = || gauge("propmon_agent_export_queue_length").unwrap_or(-1.0);
+    wait_until("connected", Duration::from_secs(20), || {
+        connected() == Some(1.0)
+    });
+    assert_eq!(gauge("propmon_agent_export_queue_capacity"), Some(1000.0));
+
+    broker.pause();
+    // A message a second waits meanwhile (the intensive profile).
+    wait_until(
+        "disconnected, messages waiting",
+        Duration::from_secs(30),
+        || connected() == Some(0.0) && queued() >= 2.0,
+    );
+    broker.resume();
+    wait_until(
+        "reconnected, queue drained",
+        Duration::from_secs(30),
+        || connected() == Some(1.0) && queued() == 0.0,
+    );
+    assert_eq!(gauge("propmon_agent_dropped_messages_total"), Some(0.0));
     let run = live.terminate();
     assert!(run.status.success(), "{}", run.stderr);
 }

@@ -197,6 +197,28 @@ pub struct EbpfBackend {
     /// Whether the kernel state is pinned for the next agent.
     pinned: bool,
     releases: ReleaseFlusher,
+    programs: Programs,
+}
+
+/// The object's programs in the kernel, and attached, for `/metrics`.
+#[derive(Clone, Copy, Debug)]
+struct Programs {
+    loaded: u32,
+    attached: u32,
+}
+
+impl Programs {
+    fn count(&mut self, loaded: bool, attached: bool) {
+        self.loaded += u32::from(loaded);
+        self.attached += u32::from(attached);
+    }
+}
+
+/// Whether a program made it into the kernel (an optional hook may load
+/// and then fail to attach).
+fn is_loaded(ebpf: &Ebpf, name: &str) -> bool {
+    ebpf.program(name)
+        .is_some_and(|program| program.fd().is_ok())
 }
 
 impl EbpfBackend {
@@ -239,18 +261,24 @@ impl EbpfBackend {
             .context("loading the eBPF object (maps and globals)")?;
         let kernel_btf = attach_points;
         let mut pinned_links = Vec::new();
+        // The sampling pass, attached below or the load fails.
+        let mut programs = Programs {
+            loaded: 1,
+            attached: 1,
+        };
         for hook in HOOKS {
             if let Some(link) = pins
                 .as_ref()
                 .and_then(|pins| pins.existing_link(hook.program))
             {
                 pinned_links.push(link);
+                programs.count(true, true);
                 continue;
             }
-            match (
-                attach(&mut ebpf, hook, &kernel_btf, pins.as_ref()),
-                hook.uncounted_without,
-            ) {
+            let attached = attach(&mut ebpf, hook, &kernel_btf, pins.as_ref());
+            let loaded = attached.is_ok() || is_loaded(&ebpf, hook.program);
+            programs.count(loaded, attached.is_ok());
+            match (attached, hook.uncounted_without) {
                 (Ok(Some(link)), _) => pinned_links.push(link),
                 (Ok(None), _) => {}
                 (Err(err), None) => return Err(err),
@@ -321,6 +349,7 @@ impl EbpfBackend {
             resumed: pins.as_ref().is_some_and(|pins| pins.resumed()),
             pinned: pins.is_some(),
             releases: ReleaseFlusher::default(),
+            programs,
         };
         backend.keep_live_cgroups()?;
         Ok(backend)
@@ -753,6 +782,26 @@ impl Backend for EbpfBackend {
     fn kernel_stats(&self) -> Option<KernelStats> {
         // The inherent method of the same name.
         Some(EbpfBackend::kernel_stats(self))
+    }
+
+    fn kernel_usage(&self) -> Option<super::KernelUsage> {
+        let maps = vec![
+            super::MapUsage {
+                map: "peers",
+                entries: self.peers.rows_in_use(),
+                capacity: u64::from(monitor_common::MAX_PEER_ROWS),
+            },
+            super::MapUsage {
+                map: "discoveries",
+                entries: self.discovering.len() as u64,
+                capacity: u64::from(monitor_common::MAX_DISCOVERIES),
+            },
+        ];
+        Some(super::KernelUsage {
+            programs_loaded: self.programs.loaded,
+            programs_attached: self.programs.attached,
+            maps,
+        })
     }
 }
 

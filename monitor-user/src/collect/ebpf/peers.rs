@@ -97,6 +97,13 @@ impl PeerBook {
         self.seen_fresh = used;
     }
 
+    /// Rows some task holds, as of the last refresh: every row the kernel
+    /// ever took fresh, but those given back and not taken again.
+    pub fn rows_in_use(&self) -> u64 {
+        let taken = self.seen_fresh.min(u64::from(MAX_PEER_ROWS));
+        taken.saturating_sub(self.queued.len() as u64)
+    }
+
     /// Takes back every row of `slot` (its task ended).
     pub fn release(&mut self, slot: u32) {
         for row in self.by_slot.remove(&slot).unwrap_or_default() {

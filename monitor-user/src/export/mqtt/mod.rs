@@ -26,7 +26,7 @@ use std::{
     collections::{BTreeMap, VecDeque},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -185,6 +185,58 @@ struct Queued {
 struct Queue {
     waiting: VecDeque<Queued>,
     next_seq: u64,
+    /// `waiting.len()`, kept for readers that must not wait for the lock
+    /// (the agent's health, read every round).
+    length: Arc<AtomicU64>,
+}
+
+impl Queue {
+    fn push_back(&mut self, message: Queued) {
+        self.waiting.push_back(message);
+        self.note_length();
+    }
+
+    fn push_front(&mut self, message: Queued) {
+        self.waiting.push_front(message);
+        self.note_length();
+    }
+
+    fn pop_front(&mut self) -> Option<Queued> {
+        let message = self.waiting.pop_front();
+        self.note_length();
+        message
+    }
+
+    fn note_length(&self) {
+        self.length
+            .store(self.waiting.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// The exporter's state for `/metrics`: atomics the publisher and the
+/// sink keep up to date, so that reading them never waits for either.
+#[derive(Clone, Debug)]
+pub struct MqttStatus {
+    connected: Arc<AtomicBool>,
+    queued: Arc<AtomicU64>,
+    capacity: usize,
+}
+
+impl MqttStatus {
+    /// Whether the broker accepted the connection and it has not failed since.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Messages waiting in the queue, not yet handed to the broker.
+    pub fn queued(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Messages the queue keeps at most (`--mqtt-queue-size`).
+    pub fn capacity(&self) -> u64 {
+        self.capacity as u64
+    }
 }
 
 /// The sink half: queues messages for the background publisher.
@@ -193,6 +245,7 @@ pub struct MqttSink {
     wake: Arc<Notify>,
     dropped: Arc<AtomicU64>,
     capacity: usize,
+    connected: Arc<AtomicBool>,
     /// `None`: per-task messages are not published.
     task_topic: Option<String>,
     proplet_topic: String,
@@ -237,6 +290,7 @@ pub fn start(
         );
     }
     let queue = Arc::new(Mutex::new(Queue::default()));
+    let connected = Arc::new(AtomicBool::new(false));
     let wake = Arc::new(Notify::new());
     let unacked = Arc::new(AtomicU64::new(0));
     let dropped = Arc::new(AtomicU64::new(0));
@@ -251,6 +305,7 @@ pub fn start(
         handed: VecDeque::new(),
         unacked: BTreeMap::new(),
         connected: false,
+        connected_flag: connected.clone(),
         backoff: Duration::from_secs(1),
         subscribe: settings.subscribe.clone(),
         incoming: incoming_tx,
@@ -271,6 +326,7 @@ pub fn start(
         wake,
         dropped,
         capacity: settings.queue_size.max(1),
+        connected,
         task_topic: settings.publish_task_metrics.then(|| settings.task_topic()),
         proplet_topic: settings.topic(settings.agent_metrics_path),
         last_drop_log: None,
@@ -367,18 +423,27 @@ impl Endpoint {
 }
 
 impl MqttSink {
+    /// A handle on the exporter's state, cheap to read from any thread.
+    pub fn status(&self) -> MqttStatus {
+        MqttStatus {
+            connected: self.connected.clone(),
+            queued: self.queue.lock().expect("queue lock").length.clone(),
+            capacity: self.capacity,
+        }
+    }
+
     fn push(&mut self, topic: String, payload: Vec<u8>) {
         let mut dropped_now = false;
         {
             let mut queue = self.queue.lock().expect("queue lock");
             if queue.waiting.len() >= self.capacity {
-                queue.waiting.pop_front();
+                queue.pop_front();
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 dropped_now = true;
             }
             let seq = queue.next_seq;
             queue.next_seq += 1;
-            queue.waiting.push_back(Queued {
+            queue.push_back(Queued {
                 seq,
                 topic,
                 payload,
@@ -439,6 +504,8 @@ struct Publisher {
     /// Sent, waiting for PUBACK, by packet id.
     unacked: BTreeMap<u16, Queued>,
     connected: bool,
+    /// `connected`, for [`MqttStatus`].
+    connected_flag: Arc<AtomicBool>,
     backoff: Duration,
     subscribe: Vec<String>,
     incoming: mpsc::UnboundedSender<Incoming>,
@@ -490,7 +557,7 @@ impl Publisher {
     /// Moves queued messages to the client, up to the in-flight window.
     fn hand_over(&mut self) {
         while self.handed.len() + self.unacked.len() < IN_FLIGHT {
-            let Some(next) = self.queue.lock().expect("queue lock").waiting.pop_front() else {
+            let Some(next) = self.queue.lock().expect("queue lock").pop_front() else {
                 break;
             };
             if self.too_large_for_broker(&next) {
@@ -498,11 +565,7 @@ impl Publisher {
                 continue;
             }
             if !self.connection.publish(&next.topic, &next.payload) {
-                self.queue
-                    .lock()
-                    .expect("queue lock")
-                    .waiting
-                    .push_front(next);
+                self.queue.lock().expect("queue lock").push_front(next);
                 break;
             }
             self.handed.push_back(next);
@@ -557,6 +620,7 @@ impl Publisher {
 
     fn on_connected(&mut self, session_present: bool, max_packet_size: Option<usize>) {
         self.connected = true;
+        self.connected_flag.store(true, Ordering::Relaxed);
         self.backoff = Duration::from_secs(1);
         self.last_warning = None;
         self.broker_max_packet = max_packet_size;
@@ -638,13 +702,14 @@ impl Publisher {
         };
         let description = errors::describe(failure, &circumstances);
         self.connected = false;
+        self.connected_flag.store(false, Ordering::Relaxed);
         let mut replay: Vec<Queued> = std::mem::take(&mut self.unacked).into_values().collect();
         replay.extend(self.handed.drain(..));
         replay.sort_by_key(|message| message.seq);
         {
             let mut queue = self.queue.lock().expect("queue lock");
             for message in replay.into_iter().rev() {
-                queue.waiting.push_front(message);
+                queue.push_front(message);
             }
         }
         self.count_unacked();
