@@ -86,7 +86,9 @@ fn measure(
         ticker
     })?;
     let mut agent = Command::new(&context.propmon);
+    // The log filter is explicit: PROPMON_LOG may hide info lines.
     agent
+        .args(["--log", "info"])
         .args([
             "agent",
             "--backend",
@@ -96,7 +98,7 @@ fn measure(
         ])
         .args(["--enable-monitoring", "false"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(Stdio::piped());
     for (index, sleeper) in sleepers.iter().enumerate() {
         agent
             .arg("--attach")
@@ -104,6 +106,19 @@ fn measure(
     }
     let mut agent = agent.spawn().context("starting the agent")?;
     let pid = agent.id();
+    // Beside 1,000 busy processes on 2 CPUs the start-up (BTF, verifier)
+    // can take seconds: measure from the agent's start, not its spawn.
+    let started = super::startup::watch(agent.stderr.take().expect("piped"), |line| {
+        line.contains(super::startup::STARTED)
+    });
+    if started.recv_timeout(Duration::from_secs(60)).is_err() {
+        let _ = terminate(pid);
+        let status = agent.wait()?;
+        anyhow::bail!(
+            "the agent never logged \"{}\" ({status})",
+            super::startup::STARTED
+        );
+    }
     thread::sleep(Duration::from_secs(3)); // attached and warmed up
     let memory = map_memory_bytes(pid);
     let before = cpu_ns(pid)?;

@@ -31,7 +31,7 @@ pub struct StartupResult {
 }
 
 /// The line the agent logs once its backend is open (programs attached).
-const STARTED: &str = "propmon agent started";
+pub const STARTED: &str = "propmon agent started";
 
 pub fn run(context: &Context, samples: usize) -> anyhow::Result<StartupResult> {
     let mut attach = Vec::new();
@@ -94,7 +94,7 @@ fn start_agent(context: &Context, task_pid: u32) -> anyhow::Result<(f64, u64)> {
 
 /// Reads `stream` line by line to its end (so that the agent never blocks
 /// on a full pipe); sends the time of the first line `wanted` accepts.
-fn watch(
+pub fn watch(
     stream: impl Read + Send + 'static,
     wanted: impl Fn(&str) -> bool + Send + 'static,
 ) -> mpsc::Receiver<Instant> {
