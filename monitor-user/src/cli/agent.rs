@@ -12,17 +12,17 @@ use tokio::time::sleep_until;
 use tokio::sync::mpsc;
 
 use super::{
-    AgentArgs, BadUsage, ProfileArgs, check_proplet_id, config::ConfigFile, run::host_name,
-    signals::StopSignals, wake::EventWaker,
+    AgentArgs, BadUsage, ProfileArgs, check_proplet_id, config::ConfigFile, host_name,
+    served::Served, signals::StopSignals, wake::EventWaker,
 };
 use crate::{
     collect::{self, BackendChoice, cgroup::Cgroup},
     engine::{Engine, task_spec},
     export::{
         self, Fanout, Outgoing, Sink,
-        http::{HttpServer, ListenAddr},
-        latest::{Health, Latest, MqttHealth},
-        mqtt::{Incoming, MqttSettings, MqttStatus},
+        http::ListenAddr,
+        latest::{Health, Latest},
+        mqtt::{Incoming, MqttSettings},
         stdout::StdoutSink,
     },
     input::{check_task_id, untrusted},
@@ -434,7 +434,9 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
         server,
         mqtt: mqtt_status,
     });
-    report_health(&mut engine, &settings, http.as_ref());
+    if let Some(http) = &http {
+        http.report(&mut engine, &settings.proplet_id, settings.max_tasks);
+    }
     let mut proplet = settings
         .enable_monitoring
         .then(|| PropletReporter::new(settings.proplet_id.clone(), settings.namespace.clone()));
@@ -509,7 +511,9 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
             }
         }
         save_state(&mut engine, state.as_ref());
-        report_health(&mut engine, &settings, http.as_ref());
+        if let Some(http) = &http {
+            http.report(&mut engine, &settings.proplet_id, settings.max_tasks);
+        }
     }
     drop(http);
     drop(engine); // detaches the programs
@@ -519,36 +523,6 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
         tracing::warn!("the MQTT broker did not take every message before exit");
     }
     Ok(())
-}
-
-/// The listener, and what it reports on besides the engine.
-pub(super) struct Served {
-    pub server: HttpServer,
-    pub mqtt: Option<MqttStatus>,
-}
-
-/// The agent's own state, for `/metrics`, as of this round.
-fn report_health(engine: &mut Engine, settings: &AgentSettings, http: Option<&Served>) {
-    let Some(http) = http else { return };
-    http.server.latest().set_health(Health {
-        proplet_id: settings.proplet_id.clone(),
-        source: engine.source(),
-        tasks: engine.task_count() as u64,
-        task_slots: u64::from(settings.max_tasks),
-        dropped_messages: engine.sink_mut().dropped(),
-        kernel: engine.kernel_stats(),
-        kernel_usage: engine.kernel_usage(),
-        mqtt: http.mqtt.as_ref().map(mqtt_health),
-    });
-}
-
-/// The exporter's state, read without waiting for it.
-pub(super) fn mqtt_health(status: &MqttStatus) -> MqttHealth {
-    MqttHealth {
-        connected: status.connected(),
-        queued: status.queued(),
-        queue_capacity: status.capacity(),
-    }
 }
 
 async fn recv(control: &mut Option<mpsc::UnboundedReceiver<Incoming>>) -> Option<Incoming> {

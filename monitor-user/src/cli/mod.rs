@@ -8,6 +8,7 @@ pub mod config;
 pub mod forget_state;
 pub mod profiles;
 pub mod run;
+mod served;
 pub mod signals;
 pub mod top;
 pub mod wake;
@@ -47,6 +48,18 @@ pub struct BadUsage(pub anyhow::Error);
 pub fn failed(error: &anyhow::Error) -> std::process::ExitCode {
     eprintln!("propmon: {error:#}");
     std::process::ExitCode::from(EXIT_PROPMON_FAILED)
+}
+
+/// The host name, the default proplet id.
+pub fn host_name() -> String {
+    #[cfg(unix)]
+    if let Some(name) = nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+    {
+        return name;
+    }
+    std::env::var("COMPUTERNAME").unwrap_or_else(|_| "propmon".to_owned())
 }
 
 /// Checks a proplet id (`--proplet-id`, `PROPLET_ID`, the host name): it

@@ -11,9 +11,8 @@ use anyhow::Context as _;
 use tokio::{process::Command, time::sleep_until};
 
 use super::{
-    BadUsage, EXIT_PROPMON_FAILED, RunArgs,
-    agent::{Served, mqtt_health},
-    check_proplet_id,
+    BadUsage, EXIT_PROPMON_FAILED, RunArgs, check_proplet_id, host_name,
+    served::Served,
     signals::{Stop, StopSignals, forward},
     wake::EventWaker,
 };
@@ -75,18 +74,6 @@ impl RunSettings {
             command: args.command,
         })
     }
-}
-
-/// The host name, the default proplet id.
-pub fn host_name() -> String {
-    #[cfg(unix)]
-    if let Some(name) = nix::unistd::gethostname()
-        .ok()
-        .and_then(|name| name.into_string().ok())
-    {
-        return name;
-    }
-    std::env::var("COMPUTERNAME").unwrap_or_else(|_| "propmon".to_owned())
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -176,7 +163,9 @@ async fn supervise(settings: RunSettings) -> Result<ExitCode, RunError> {
             } => {
                 let now = Instant::now();
                 let ended = engine.round(now);
-                report_health(&mut engine, &proplet_id, http.as_ref());
+                if let Some(http) = &http {
+                    http.report(&mut engine, &proplet_id, 1);
+                }
                 if ended.iter().any(|ended| ended.slot == slot) {
                     break;
                 }
@@ -213,19 +202,6 @@ async fn supervise(settings: RunSettings) -> Result<ExitCode, RunError> {
         (None, Some((stop, _))) => ExitCode::from(stop.exit_code()),
         (None, None) => ExitCode::from(EXIT_PROPMON_FAILED),
     })
-}
-
-/// The run's own state, for `/metrics`, as of this round.
-fn report_health(engine: &mut Engine, proplet_id: &str, http: Option<&Served>) {
-    let Some(http) = http else { return };
-    http.server.latest().set_health(Health {
-        tasks: engine.task_count() as u64,
-        dropped_messages: engine.sink_mut().dropped(),
-        kernel: engine.kernel_stats(),
-        kernel_usage: engine.kernel_usage(),
-        mqtt: http.mqtt.as_ref().map(mqtt_health),
-        ..Health::starting(proplet_id, engine.source(), 1)
-    });
 }
 
 fn spawn_untracked(command: &mut Command) -> Result<tokio::process::Child, RunError> {

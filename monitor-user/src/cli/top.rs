@@ -27,7 +27,7 @@ use tokio::{process::Command, sync::oneshot, time::sleep_until};
 use super::{
     BadUsage,
     agent::{AttachSpec, parse_attach},
-    run::host_name,
+    host_name,
     signals::{Stop, StopSignals, forward},
     wake::EventWaker,
 };
