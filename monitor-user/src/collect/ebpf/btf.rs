@@ -316,13 +316,13 @@ impl KernelBtf {
         None
     }
 
-    /// An aya `Btf` that holds only the given attach points, each at its
-    /// id in the kernel's BTF (what program loading sends to the kernel),
-    /// with placeholders in between: a fraction of a full parse.
+    /// The kernel's ids of the given attach points. A `Func` that the
+    /// kernel lacks is left out (the hooks on functions are optional); a
+    /// missing tracepoint is an error.
     pub fn attach_points(
         &self,
         wanted: &[(impl AsRef<str>, AttachKind)],
-    ) -> Result<aya::Btf, BtfError> {
+    ) -> Result<AttachPoints, BtfError> {
         let mut found = Vec::new();
         for (name, attach) in wanted {
             let name = name.as_ref();
@@ -331,7 +331,11 @@ impl KernelBtf {
                 AttachKind::Func => kind::FUNC,
             };
             match self.id_of(name, kind) {
-                Some(id) => found.push((id, name, kind)),
+                Some(id) => found.push(AttachPoint {
+                    id,
+                    name: name.to_owned(),
+                    kind,
+                }),
                 None if matches!(attach, AttachKind::Func) => {} // optional hooks
                 None => {
                     return Err(BtfError::NoType {
@@ -341,14 +345,49 @@ impl KernelBtf {
                 }
             }
         }
-        found.sort_unstable();
-        let blob = synthetic_btf(&found);
-        drop(found);
-        aya::Btf::parse(&blob, aya::Endianness::default()).map_err(|err| BtfError::Read {
-            path: "(attach points)".into(),
-            reason: err.to_string(),
-        })
+        Ok(AttachPoints(found))
     }
+}
+
+/// Attach points found in the kernel's BTF, kept without the BTF itself.
+pub struct AttachPoints(Vec<AttachPoint>);
+
+struct AttachPoint {
+    id: u32,
+    name: String,
+    kind: u32,
+}
+
+impl AttachPoints {
+    /// An aya `Btf` in which `name` has its id in the kernel's BTF (what
+    /// program loading sends to the kernel) and every lower id is a
+    /// placeholder. aya finds a type by walking its list, so the id must
+    /// be the position: one 72-byte entry per id, 8 MB for the highest
+    /// ids (the fexit targets), so each program gets its own, dropped once
+    /// it is loaded, not one holding every point.
+    pub fn btf_for(&self, name: &str) -> Option<aya::Btf> {
+        let point = self.0.iter().find(|point| point.name == name)?;
+        if point.kind == kind::FUNC {
+            return Some(function_btf(point));
+        }
+        // aya cannot make a typedef but by parsing one; tracepoint
+        // typedefs have low ids, so the blob is small.
+        aya::Btf::parse(&synthetic_btf(point), aya::Endianness::default()).ok()
+    }
+}
+
+/// A `Btf` whose type `point.id` is the function `point`, built in place
+/// (no blob to parse: this is the largest of them).
+fn function_btf(point: &AttachPoint) -> aya::Btf {
+    use aya_obj::btf::{BtfType, Func, FuncLinkage, Ptr};
+    let mut btf = aya::Btf::new();
+    for _ in 1..point.id {
+        btf.add_type(BtfType::Ptr(Ptr::new(0, 0)));
+    }
+    let name = btf.add_string(&point.name);
+    // The prototype is not looked at: `void` stands for it.
+    btf.add_type(BtfType::Func(Func::new(name, 0, FuncLinkage::Static)));
+    btf
 }
 
 /// What an attach point is in BTF.
@@ -372,47 +411,31 @@ fn extra_bytes(kind: u32, vlen: usize) -> Option<usize> {
     })
 }
 
-/// A BTF blob whose type `id` is `name` of `kind` for each entry of
-/// `points` (sorted by id), and `void *` placeholders elsewhere.
-fn synthetic_btf(points: &[(u32, &str, u32)]) -> Vec<u8> {
-    let mut strings = vec![0u8];
-    let mut types = Vec::new();
-    let mut push = |name: u32, info: u32, size_or_type: u32, extra: &[u8]| {
-        for word in [name, info, size_or_type] {
-            types.extend_from_slice(&word.to_le_bytes());
-        }
-        types.extend_from_slice(extra);
-    };
-    let mut next = 1;
-    for &(id, name, kind) in points {
-        while next < id {
-            // An unnamed pointer to void: the smallest type record.
-            push(0, kind::PTR << 24, 0, &[]);
-            next += 1;
-        }
-        let name_off = strings.len() as u32;
-        strings.extend_from_slice(name.as_bytes());
-        strings.push(0);
-        // Typedefs and functions point at `void` here: only names and ids
-        // are looked at.
-        let info = (kind << 24) | u32::from(kind == kind::FUNC); // static linkage
-        push(name_off, info, 0, &[]);
-        next += 1;
+/// A BTF blob whose type `point.id` is the typedef `point`, with
+/// `void *` placeholders at every lower id.
+fn synthetic_btf(point: &AttachPoint) -> Vec<u8> {
+    let types_len = point.id as usize * TYPE_BYTES;
+    let strings_len = 1 + point.name.len() + 1;
+    let mut blob = Vec::with_capacity(HEADER_BYTES + types_len + strings_len);
+    let mut put = |word: u32| blob.extend_from_slice(&word.to_le_bytes());
+    put(u32::from(BTF_MAGIC) | 1 << 16); // version 1, no flags
+    for word in [HEADER_BYTES, 0, types_len, types_len, strings_len] {
+        put(word as u32);
     }
-    let mut blob = Vec::with_capacity(HEADER_BYTES + types.len() + strings.len());
-    blob.extend_from_slice(&BTF_MAGIC.to_le_bytes());
-    blob.extend_from_slice(&[1, 0]); // version 1, no flags
-    for word in [
-        HEADER_BYTES as u32,
-        0,
-        types.len() as u32,
-        types.len() as u32,
-        strings.len() as u32,
-    ] {
-        blob.extend_from_slice(&word.to_le_bytes());
+    for _ in 1..point.id {
+        // An unnamed pointer to void: the smallest type record.
+        for word in [0, kind::PTR << 24, 0] {
+            put(word);
+        }
     }
-    blob.extend_from_slice(&types);
-    blob.extend_from_slice(&strings);
+    // It points at `void`: only names and ids are looked at. Its name is
+    // the first string.
+    for word in [1, point.kind << 24, 0] {
+        put(word);
+    }
+    blob.push(0);
+    blob.extend_from_slice(point.name.as_bytes());
+    blob.push(0);
     blob
 }
 
@@ -489,8 +512,9 @@ mod tests {
             ("bpf_iter_task", AttachKind::Func),
             ("btf_trace_sock_send_length", AttachKind::Typedef),
         ];
-        let small = btf.attach_points(&wanted).unwrap();
+        let points = btf.attach_points(&wanted).unwrap();
         for (name, attach) in wanted {
+            let small = points.btf_for(name).unwrap();
             let (kind, aya_kind) = match attach {
                 AttachKind::Typedef => (kind::TYPEDEF, aya_obj::btf::BtfKind::Typedef),
                 AttachKind::Func => (kind::FUNC, aya_obj::btf::BtfKind::Func),
@@ -501,5 +525,6 @@ mod tests {
                 "{name}"
             );
         }
+        assert!(points.btf_for("btf_trace_no_such_tracepoint").is_none());
     }
 }

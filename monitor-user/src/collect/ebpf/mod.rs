@@ -10,6 +10,7 @@
 pub mod attach;
 pub mod btf;
 pub mod kernel_log;
+mod loader;
 pub mod peers;
 pub mod pins;
 pub mod preflight;
@@ -25,7 +26,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow};
 use aya::{
-    Btf, Ebpf, EbpfLoader,
+    Ebpf,
     maps::{Array, HashMap, MapData, Queue, RingBuf},
     programs::{BtfTracePoint, FExit, Iter, links::FdLink},
 };
@@ -85,19 +86,22 @@ const HOOKS: &[Hook] = &[
 /// The sampling pass (a task iterator).
 const SAMPLING_PASS: &str = "sampling_pass";
 
+/// The BTF name of the task iterator, as aya looks it up.
+const SAMPLING_PASS_BTF: &str = "bpf_iter_task";
+
 /// The BTF names of every attach point, as aya looks them up.
 fn attach_points() -> Vec<(String, btf::AttachKind)> {
     let mut points: Vec<(String, btf::AttachKind)> = HOOKS
         .iter()
-        .map(|hook| match hook.kind {
-            Kind::Tracepoint => (
-                format!("btf_trace_{}", hook.target),
-                btf::AttachKind::Typedef,
-            ),
-            Kind::FExit => (hook.target.to_owned(), btf::AttachKind::Func),
+        .map(|hook| {
+            let kind = match hook.kind {
+                Kind::Tracepoint => btf::AttachKind::Typedef,
+                Kind::FExit => btf::AttachKind::Func,
+            };
+            (hook.btf_name(), kind)
         })
         .collect();
-    points.push(("bpf_iter_task".to_owned(), btf::AttachKind::Func));
+    points.push((SAMPLING_PASS_BTF.to_owned(), btf::AttachKind::Func));
     points
 }
 
@@ -119,6 +123,14 @@ struct Hook {
 }
 
 impl Hook {
+    /// The type aya finds the attach point's id by.
+    fn btf_name(&self) -> String {
+        match self.kind {
+            Kind::Tracepoint => format!("btf_trace_{}", self.target),
+            Kind::FExit => self.target.to_owned(),
+        }
+    }
+
     const fn required(kind: Kind, program: &'static str, target: &'static str) -> Self {
         Hook {
             kind,
@@ -230,12 +242,10 @@ impl EbpfBackend {
 
     fn load_checked(options: &LoadOptions) -> anyhow::Result<Self> {
         raise_memlock_limit();
-        // aya's loader parses the whole kernel BTF when it is made (for CO-RE
-        // relocations, which Rust programs do not have) and has no way not
-        // to: make it first, drop that parse, and give the memory back.
-        let mut loader = EbpfLoader::new();
-        loader.btf(None);
+        fix_mmap_threshold();
+        let mut loader = loader::loader_without_kernel_btf();
         release_freed_memory();
+        // The kernel's BTF is dropped here, before the programs are loaded.
         let (layout, attach_points) = {
             let kernel_btf = btf::KernelBtf::load(Path::new(btf::VMLINUX_BTF))?;
             (
@@ -259,7 +269,6 @@ impl EbpfBackend {
         let mut ebpf = loader
             .load(PROGRAMS_OBJECT)
             .context("loading the eBPF object (maps and globals)")?;
-        let kernel_btf = attach_points;
         let mut pinned_links = Vec::new();
         // The sampling pass, attached below or the load fails.
         let mut programs = Programs {
@@ -275,7 +284,10 @@ impl EbpfBackend {
                 programs.count(true, true);
                 continue;
             }
-            let attached = attach(&mut ebpf, hook, &kernel_btf, pins.as_ref());
+            let attached = attach(&mut ebpf, hook, &attach_points, pins.as_ref());
+            // Each program's BTF is dropped by now: hand it back before
+            // the next one is made, so the peak is one of them, not the sum.
+            release_freed_memory();
             let loaded = attached.is_ok() || is_loaded(&ebpf, hook.program);
             programs.count(loaded, attached.is_ok());
             match (attached, hook.uncounted_without) {
@@ -287,8 +299,7 @@ impl EbpfBackend {
                 }
             }
         }
-        let pass_link = attach_pass(&mut ebpf, &kernel_btf)?;
-        drop(kernel_btf);
+        let pass_link = attach_pass(&mut ebpf, &attach_points)?;
         release_freed_memory();
         let threads = TaskStorage::new(sys::map_fd(map_data(&ebpf, maps::THREADS)?)?);
         let config = MappedArray::map(map_data(&ebpf, maps::TASK_CONFIG)?.fd().as_fd(), MAX_TASKS)
@@ -898,7 +909,7 @@ fn read_event(bytes: &[u8]) -> Option<TaskEvent> {
 fn attach(
     ebpf: &mut Ebpf,
     hook: &Hook,
-    btf: &Btf,
+    points: &btf::AttachPoints,
     pins: Option<&Pins>,
 ) -> anyhow::Result<Option<aya::programs::links::PinnedLink>> {
     let Hook {
@@ -912,6 +923,10 @@ fn attach(
         .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
     let loading = || format!("loading the {name} program for {target}");
     let attaching = || format!("attaching to {target}");
+    let btf_name = hook.btf_name();
+    let btf = &points
+        .btf_for(&btf_name)
+        .ok_or_else(|| anyhow!("the kernel's BTF has no {btf_name}"))?;
     let link: FdLink = match kind {
         Kind::Tracepoint => {
             let program: &mut BtfTracePoint = program.try_into()?;
@@ -943,7 +958,10 @@ fn attach(
 }
 
 /// Loads the sampling pass and makes the link each pass is run from.
-fn attach_pass(ebpf: &mut Ebpf, btf: &Btf) -> anyhow::Result<IterLink> {
+fn attach_pass(ebpf: &mut Ebpf, points: &btf::AttachPoints) -> anyhow::Result<IterLink> {
+    let btf = &points
+        .btf_for(SAMPLING_PASS_BTF)
+        .ok_or_else(|| anyhow!("the kernel's BTF has no {SAMPLING_PASS_BTF} (Linux 5.8+)"))?;
     let program: &mut Iter = ebpf
         .program_mut(SAMPLING_PASS)
         .ok_or_else(|| anyhow!("program {SAMPLING_PASS} missing from the eBPF object"))?
@@ -978,6 +996,19 @@ fn release_freed_memory() {
     // SAFETY: malloc_trim only returns free heap pages to the kernel.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// glibc raises its mmap threshold to the size of each large block freed
+/// (up to 32 MB), so after the kernel's BTF is freed the next blocks of a
+/// few MB come from the heap, where a growing `Vec` is copied rather than
+/// remapped and freed blocks stay resident. A fixed threshold keeps large
+/// blocks in mappings of their own, returned to the system when freed.
+fn fix_mmap_threshold() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: sets an allocator parameter; no memory is touched.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }
 
