@@ -544,6 +544,7 @@ impl Engine {
             .map(|(key, _)| *key)
             .collect();
         ended.extend(self.finish_keys(ended_keys, EndReason::Exited));
+        self.sink.flush();
         ended
     }
 
@@ -739,9 +740,12 @@ impl Engine {
             return Vec::new();
         }
         self.sample();
-        keys.into_iter()
+        let ended = keys
+            .into_iter()
             .filter_map(|key| self.release_after_final(key, reason))
-            .collect()
+            .collect();
+        self.sink.flush();
+        ended
     }
 
     fn release_after_final(&mut self, key: u64, reason: EndReason) -> Option<Ended> {

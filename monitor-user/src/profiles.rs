@@ -570,9 +570,9 @@ mod tests {
     /// 100 MB per agent.
     #[test]
     fn history_limits_cost_what_the_readme_says() {
-        let sample = std::mem::size_of::<crate::history::Sample>();
-        assert!(sample * MAX_HISTORY_PER_TASK <= 1 << 20, "{sample} bytes");
-        assert!(sample * HISTORY_BUDGET <= 100 << 20, "{sample} bytes");
+        let sample = crate::history::MAX_BYTES_PER_SAMPLE;
+        assert!(sample * MAX_HISTORY_PER_TASK <= 800 << 10, "{sample} bytes");
+        assert!(sample * HISTORY_BUDGET <= 80 << 20, "{sample} bytes");
     }
 
     #[test]

@@ -481,6 +481,7 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
                         engine.kernel_health(),
                     );
                     engine.sink_mut().send(&Outgoing::Proplet(message));
+                    engine.sink_mut().flush();
                     while next_proplet <= now {
                         next_proplet += settings.metrics_interval;
                     }

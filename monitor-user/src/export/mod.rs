@@ -27,6 +27,10 @@ pub enum Outgoing {
 pub trait Sink: Send {
     fn send(&mut self, message: &Outgoing);
 
+    /// The messages sent so far are complete for now (the end of a round):
+    /// a sink that batches writes them out.
+    fn flush(&mut self) {}
+
     /// Messages this sink had to drop (e.g. a full queue), since start.
     fn dropped(&self) -> u64 {
         0
@@ -40,6 +44,12 @@ impl Sink for Fanout {
     fn send(&mut self, message: &Outgoing) {
         for sink in &mut self.0 {
             sink.send(message);
+        }
+    }
+
+    fn flush(&mut self) {
+        for sink in &mut self.0 {
+            sink.flush();
         }
     }
 
