@@ -223,7 +223,7 @@ fn footprint_section(out: &mut String, results: &[FootprintResult], map_memory: 
         "Agent CPU from its CPU-time clock over the window. Memory at the end of the \
          window: the agent's own (RssAnon), all resident pages (VmRSS, which also counts \
          shared pages of the binary and libraries), and the peak since start-up (VmHWM, \
-         reached while parsing the kernel's BTF).\n"
+         at start-up while the programs load, with few tasks; with 1,000 the working set).\n"
     );
     let _ = writeln!(
         out,
