@@ -35,56 +35,59 @@ pub struct Sample {
     pub network_tx: Option<u64>,
 }
 
-/// The byte counters summed over the window, in [`Stored::moved`] order.
-const MOVED: usize = 4;
+/// A sample's figures, in this order: CPU in hundredths of a percent
+/// (exact, since the message rounds it so), memory, then the four byte
+/// counters (disk read, disk write, network rx, network tx).
+const FIGURES: usize = 6;
+/// The first figures, whose maximum is reported too: CPU and memory.
+const WITH_MAX: usize = 2;
 
-/// A sample as kept in the ring: CPU in hundredths of a percent (exact,
-/// since the message rounds it so), absent figures as bits of `present`.
-/// 48 bytes rather than the 96 of a `Sample`.
+impl Sample {
+    fn figures(&self) -> [Option<u64>; FIGURES] {
+        [
+            self.cpu_percent.map(|cpu| (cpu * 100.0).round() as u64),
+            self.memory_bytes,
+            self.disk_read,
+            self.disk_write,
+            self.network_rx,
+            self.network_tx,
+        ]
+    }
+}
+
+/// A sample as kept in the ring: its figures, absent ones as clear bits of
+/// `present`, CPU in 32 bits. 48 bytes rather than the 96 of a `Sample`.
 #[derive(Clone, Copy, Debug)]
 struct Stored {
     present: u8,
     cpu_hundredths: u32,
-    memory_bytes: u64,
-    /// disk read, disk write, network rx, network tx.
-    moved: [u64; MOVED],
-}
-
-const CPU: u8 = 1;
-const MEMORY: u8 = 1 << 1;
-const fn moved_bit(index: usize) -> u8 {
-    1 << (2 + index)
+    others: [u64; FIGURES - 1],
 }
 
 impl Stored {
-    fn new(sample: &Sample) -> Self {
-        let moved = [
-            sample.disk_read,
-            sample.disk_write,
-            sample.network_rx,
-            sample.network_tx,
-        ];
+    fn new(figures: [Option<u64>; FIGURES]) -> Self {
         let mut present = 0;
-        let mut set = |bit: u8, value: Option<u64>| {
-            if value.is_some() {
-                present |= bit;
+        for (i, figure) in figures.iter().enumerate() {
+            if figure.is_some() {
+                present |= 1 << i;
             }
-            value.unwrap_or(0)
-        };
-        let cpu = sample.cpu_percent.map(|cpu| (cpu * 100.0).round() as u64);
-        let cpu_hundredths = set(CPU, cpu).min(u64::from(u32::MAX)) as u32;
-        let memory_bytes = set(MEMORY, sample.memory_bytes);
-        let moved = std::array::from_fn(|i| set(moved_bit(i), moved[i]));
+        }
+        let [cpu, others @ ..] = figures.map(|figure| figure.unwrap_or(0));
         Stored {
             present,
-            cpu_hundredths,
-            memory_bytes,
-            moved,
+            cpu_hundredths: cpu.min(u64::from(u32::MAX)) as u32,
+            others,
         }
     }
 
-    fn has(&self, bit: u8) -> bool {
-        self.present & bit != 0
+    fn figures(&self) -> [Option<u64>; FIGURES] {
+        std::array::from_fn(|i| {
+            let value = match i {
+                0 => u64::from(self.cpu_hundredths),
+                _ => self.others[i - 1],
+            };
+            (self.present & 1 << i != 0).then_some(value)
+        })
     }
 }
 
@@ -150,7 +153,7 @@ impl SlidingMax {
 /// What one retained sample can cost: its record, and a place in each of
 /// the two maxima queues (a steadily falling series keeps them all).
 pub const MAX_BYTES_PER_SAMPLE: usize =
-    std::mem::size_of::<Stored>() + 2 * std::mem::size_of::<(u64, u64)>();
+    std::mem::size_of::<Stored>() + WITH_MAX * std::mem::size_of::<(u64, u64)>();
 
 /// A bounded ring of samples and their aggregates; capacity 0 keeps
 /// nothing.
@@ -160,11 +163,8 @@ pub struct History {
     samples: VecDeque<Stored>,
     /// Samples pushed so far: the position of the next one.
     pushed: u64,
-    cpu: Total,
-    memory: Total,
-    moved: [Total; MOVED],
-    max_cpu: SlidingMax,
-    max_memory: SlidingMax,
+    totals: [Total; FIGURES],
+    maxima: [SlidingMax; WITH_MAX],
 }
 
 impl History {
@@ -173,11 +173,8 @@ impl History {
             capacity,
             samples: VecDeque::with_capacity(capacity.min(1024)),
             pushed: 0,
-            cpu: Total::default(),
-            memory: Total::default(),
-            moved: [Total::default(); MOVED],
-            max_cpu: SlidingMax::default(),
-            max_memory: SlidingMax::default(),
+            totals: [Total::default(); FIGURES],
+            maxima: Default::default(),
         }
     }
 
@@ -188,21 +185,14 @@ impl History {
         if self.samples.len() == self.capacity {
             self.evict_oldest();
         }
-        let stored = Stored::new(&sample);
+        let stored = Stored::new(sample.figures());
         let position = self.pushed;
         self.pushed += 1;
-        if stored.has(CPU) {
-            let cpu = u64::from(stored.cpu_hundredths);
-            self.cpu.add(cpu);
-            self.max_cpu.push(position, cpu);
-        }
-        if stored.has(MEMORY) {
-            self.memory.add(stored.memory_bytes);
-            self.max_memory.push(position, stored.memory_bytes);
-        }
-        for (i, total) in self.moved.iter_mut().enumerate() {
-            if stored.has(moved_bit(i)) {
-                total.add(stored.moved[i]);
+        for (i, value) in stored.figures().into_iter().enumerate() {
+            let Some(value) = value else { continue };
+            self.totals[i].add(value);
+            if let Some(max) = self.maxima.get_mut(i) {
+                max.push(position, value);
             }
         }
         self.samples.push_back(stored);
@@ -213,17 +203,11 @@ impl History {
             return;
         };
         let position = self.pushed - self.samples.len() as u64 - 1;
-        if oldest.has(CPU) {
-            self.cpu.remove(u64::from(oldest.cpu_hundredths));
-            self.max_cpu.evict(position);
-        }
-        if oldest.has(MEMORY) {
-            self.memory.remove(oldest.memory_bytes);
-            self.max_memory.evict(position);
-        }
-        for (i, total) in self.moved.iter_mut().enumerate() {
-            if oldest.has(moved_bit(i)) {
-                total.remove(oldest.moved[i]);
+        for (i, value) in oldest.figures().into_iter().enumerate() {
+            let Some(value) = value else { continue };
+            self.totals[i].remove(value);
+            if let Some(max) = self.maxima.get_mut(i) {
+                max.evict(position);
             }
         }
     }
@@ -242,12 +226,13 @@ impl History {
             return None;
         }
         let percent = |hundredths: u64| hundredths as f64 / 100.0;
-        let [disk_read, disk_write, network_rx, network_tx] = self.moved;
+        let [cpu, memory, disk_read, disk_write, network_rx, network_tx] = self.totals;
+        let [max_cpu, max_memory] = &self.maxima;
         Some(Aggregated {
-            avg_cpu_usage: self.cpu.mean().map(percent),
-            max_cpu_usage: self.max_cpu.max().map(percent),
-            avg_memory_usage: self.memory.mean(),
-            max_memory_usage: self.max_memory.max(),
+            avg_cpu_usage: cpu.mean().map(percent),
+            max_cpu_usage: max_cpu.max().map(percent),
+            avg_memory_usage: memory.mean(),
+            max_memory_usage: max_memory.max(),
             total_disk_read: disk_read.sum(),
             total_disk_write: disk_write.sum(),
             total_network_rx: network_rx.sum(),
@@ -338,6 +323,7 @@ mod tests {
         assert!(history.is_empty());
         assert_eq!(history.aggregate(), None);
     }
+
     /// The aggregates straight from the window, as a reader would compute
     /// them by hand.
     fn recomputed(window: &[Sample]) -> Aggregated {

@@ -566,8 +566,8 @@ mod tests {
         assert!(!note.contains('\n'), "{note}");
     }
 
-    /// README's Limits give the history's memory: about 1 MB per task and
-    /// 100 MB per agent.
+    /// README's Limits give the history's memory: at most 0.8 MB per task
+    /// and 80 MB per agent.
     #[test]
     fn history_limits_cost_what_the_readme_says() {
         let sample = crate::history::MAX_BYTES_PER_SAMPLE;

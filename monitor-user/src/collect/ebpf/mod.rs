@@ -244,7 +244,7 @@ impl EbpfBackend {
         raise_memlock_limit();
         fix_mmap_threshold();
         let mut loader = loader::loader_without_kernel_btf();
-        release_freed_memory();
+        release_freed_memory(); // what the fallback loader's parse left
         // The kernel's BTF is dropped here, before the programs are loaded.
         let (layout, attach_points) = {
             let kernel_btf = btf::KernelBtf::load(Path::new(btf::VMLINUX_BTF))?;
