@@ -190,6 +190,9 @@ pub struct KernelLayout {
     pub task_signal: u32,
     /// `task_struct.files` (pointer).
     pub task_files: u32,
+    /// `task_struct.bpf_storage` (pointer, NULL while the thread has no
+    /// task-local storage in any map).
+    pub task_bpf_storage: u32,
     /// `task_struct.ioac.{rchar, wchar, syscr, syscw, read_bytes,
     /// write_bytes, cancelled_write_bytes}` (u64 each; the first four need
     /// CONFIG_TASK_XACCT), in [`KernelCounters`] order after `cpu_ns`.

@@ -16,6 +16,7 @@ static LAYOUT: KernelLayout = KernelLayout {
     task_mm: 0,
     task_signal: 0,
     task_files: 0,
+    task_bpf_storage: 0,
     ioac_fields: [0; 7],
     signal_live: 0,
     signal_nr_threads: 0,

@@ -22,7 +22,7 @@ use monitor_common::{
     ThreadState, switch,
 };
 
-use crate::layout::task_ids;
+use crate::layout::{field, layout, task_ids};
 
 /// `BPF_MAP_TYPE_TASK_STORAGE` (include/uapi/linux/bpf.h): aya-ebpf 0.2
 /// has no definition for it, so this is the BTF map definition libbpf
@@ -61,6 +61,11 @@ impl<V> TaskStorage<V> {
     /// The storage of `task` (a BTF `struct task_struct *`), if it has one.
     #[inline(always)]
     pub fn get(&self, task: u64) -> Option<&'static mut V> {
+        // Most threads of a host have no task-local storage at all: one
+        // load tells, where the helper would take its per-CPU lock first.
+        if field::<u64>(task, layout().task_bpf_storage) == 0 {
+            return None;
+        }
         // SAFETY: the helper checks the task pointer's BTF type; a
         // non-NULL result points to the task's storage, valid while the
         // program runs (RCU).

@@ -167,6 +167,7 @@ impl KernelBtf {
             task_mm: self.field_offset("task_struct", "mm")?,
             task_signal: self.field_offset("task_struct", "signal")?,
             task_files: self.field_offset("task_struct", "files")?,
+            task_bpf_storage: self.field_offset("task_struct", "bpf_storage")?,
             ioac_fields: [
                 ioac("ioac.rchar")?,
                 ioac("ioac.wchar")?,
