@@ -33,7 +33,7 @@ use crate::{
     },
     export::{Outgoing, Sink},
     input::untrusted,
-    message::{EndReason, KernelHealth, Source},
+    message::{self, EndReason, KernelHealth, Source},
     profiles::{MonitoringProfile, Preset},
     tasks::{Observation, SlotAllocator, Task, TaskSpec, grid_after},
 };
@@ -529,9 +529,9 @@ impl Engine {
             .collect();
         if !due.is_empty() {
             self.follow_remade_cgroups(&due);
-            self.sample();
+            let moment = self.sample();
             for key in due {
-                self.emit(key, None);
+                self.emit(key, None, &moment);
                 if let Some(task) = self.tasks.get_mut(&key) {
                     task.schedule_after(self.origin, now);
                 }
@@ -548,10 +548,13 @@ impl Engine {
         ended
     }
 
-    fn sample(&mut self) {
+    /// Reads every task's figures (one kernel pass) and returns when:
+    /// the messages made from this reading all carry its time.
+    fn sample(&mut self) -> Moment {
         if let Err(err) = self.backend.sample() {
             tracing::warn!("{err:#}");
         }
+        Moment::now()
     }
 
     /// A cgroup removed and made again (systemd does so when a service
@@ -739,18 +742,23 @@ impl Engine {
         if keys.is_empty() {
             return Vec::new();
         }
-        self.sample();
+        let moment = self.sample();
         let ended = keys
             .into_iter()
-            .filter_map(|key| self.release_after_final(key, reason))
+            .filter_map(|key| self.release_after_final(key, reason, &moment))
             .collect();
         self.sink.flush();
         ended
     }
 
-    fn release_after_final(&mut self, key: u64, reason: EndReason) -> Option<Ended> {
+    fn release_after_final(
+        &mut self,
+        key: u64,
+        reason: EndReason,
+        moment: &Moment,
+    ) -> Option<Ended> {
         let slot = self.tasks.get(&key)?.slot;
-        self.emit(key, Some(reason));
+        self.emit(key, Some(reason), moment);
         let task = self.tasks.remove(&key)?;
         let shared = self.proplet_slot.as_ref().is_some_and(|s| s.slot == slot);
         let still_used = self.tasks.values().any(|other| other.slot == slot);
@@ -789,7 +797,7 @@ impl Engine {
     }
 
     /// Sends a task's message from the last sample; `end` makes it final.
-    fn emit(&mut self, key: u64, end: Option<EndReason>) {
+    fn emit(&mut self, key: u64, end: Option<EndReason>, moment: &Moment) {
         let Some(slot) = self.tasks.get(&key).map(|task| task.slot) else {
             return;
         };
@@ -816,8 +824,8 @@ impl Engine {
             peers,
             host_memory_bytes: self.host_memory_bytes,
             container: task.spec.cgroup.as_ref().map(Cgroup::memory),
-            at: Instant::now(),
-            wall: SystemTime::now(),
+            at: moment.at,
+            timestamp: moment.timestamp.clone(),
         };
         let message = task.next_message(&observation, source, end);
         let export = task.spec.profile.export_to_mqtt;
@@ -825,13 +833,32 @@ impl Engine {
         if shared {
             self.changed = true; // its number is kept in the registry only
         } else {
-            let words = [task.seq(), task.last_cpu_ns(), boottime_ns()];
+            let words = [task.seq(), task.last_cpu_ns(), moment.boottime_ns];
             self.backend.set_user_words(slot, words);
         }
         self.sink.send(&Outgoing::Task {
             message: Box::new(message),
             export,
         });
+    }
+}
+
+/// When a reading was taken, on each clock its messages need: read and
+/// formatted once per round, not once per message.
+pub(crate) struct Moment {
+    at: Instant,
+    /// RFC 3339, UTC, milliseconds.
+    timestamp: String,
+    boottime_ns: u64,
+}
+
+impl Moment {
+    fn now() -> Self {
+        Moment {
+            at: Instant::now(),
+            timestamp: message::rfc3339(SystemTime::now()),
+            boottime_ns: boottime_ns(),
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::{
     collections::VecDeque,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use monitor_common::NetBucket;
@@ -87,7 +87,8 @@ pub struct Observation {
     /// The memory figures of the task's cgroup, for a task defined by one.
     pub container: Option<ContainerMemory>,
     pub at: Instant,
-    pub wall: SystemTime,
+    /// `at` on the wall clock, as messages print it (RFC 3339).
+    pub timestamp: String,
 }
 
 impl Task {
@@ -219,7 +220,7 @@ impl Task {
             network_tx: growth(net.map(|n| n.inet_tx()), previous.net.map(|n| n.inet_tx())),
         });
 
-        let timestamp = message::rfc3339(observation.wall);
+        let timestamp = observation.timestamp.clone();
         let metrics = TaskMetrics {
             cpu_percent,
             cpu_time_ns: profile.collect_cpu.then_some(totals.cpu_ns),
@@ -465,6 +466,7 @@ impl SlotAllocator {
 mod tests {
     use super::*;
     use crate::{collect::DiskTotals, profiles::Preset};
+    use std::time::SystemTime;
 
     fn task(preset: Preset, started: Instant) -> Task {
         let spec = TaskSpec {
@@ -515,7 +517,7 @@ mod tests {
             host_memory_bytes: 4 << 30,
             container: None,
             at,
-            wall: SystemTime::UNIX_EPOCH,
+            timestamp: message::rfc3339(SystemTime::UNIX_EPOCH),
             peers: Vec::new(),
         }
     }

@@ -7,13 +7,16 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use tokio::time::sleep_until;
 
 use tokio::sync::mpsc;
 
 use super::{
-    AgentArgs, BadUsage, ProfileArgs, check_proplet_id, config::ConfigFile, host_name,
-    served::Served, signals::StopSignals, wake::EventWaker,
+    AgentArgs, BadUsage, ProfileArgs, check_proplet_id,
+    config::ConfigFile,
+    host_name,
+    served::Served,
+    signals::StopSignals,
+    wake::{Alarm, EventWaker},
 };
 use crate::{
     collect::{self, BackendChoice, cgroup::Cgroup},
@@ -443,6 +446,7 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
     let mut next_proplet = Instant::now() + settings.metrics_interval;
     let mut signals = StopSignals::install()?;
     let mut events = EventWaker::new(engine.event_fd());
+    let mut alarm = Alarm::new();
     let mut next_proplet_search = Instant::now() + PROPLET_SEARCH_PERIOD;
     loop {
         let now = Instant::now();
@@ -459,7 +463,7 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
         tokio::select! {
             _ = async {
                 tokio::select! {
-                    _ = sleep_until(wake.into()) => {}
+                    _ = alarm.until(wake) => {}
                     _ = events.ready() => {}
                 }
             } => {

@@ -8,13 +8,13 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tokio::{process::Command, time::sleep_until};
+use tokio::process::Command;
 
 use super::{
     BadUsage, EXIT_PROPMON_FAILED, RunArgs, check_proplet_id, host_name,
     served::Served,
     signals::{Stop, StopSignals, forward},
-    wake::EventWaker,
+    wake::{Alarm, EventWaker},
 };
 use crate::{
     collect::{self, BackendChoice, SpawnError},
@@ -150,6 +150,7 @@ async fn supervise(settings: RunSettings) -> Result<ExitCode, RunError> {
         .map_err(RunError::Spawn)?;
     let mut signals = StopSignals::install()?;
     let mut events = EventWaker::new(engine.event_fd());
+    let mut alarm = Alarm::new();
     let mut exit_status: Option<ExitStatus> = None;
     let mut interrupted: Option<(Stop, Instant)> = None;
     loop {
@@ -157,7 +158,7 @@ async fn supervise(settings: RunSettings) -> Result<ExitCode, RunError> {
         tokio::select! {
             _ = async {
                 tokio::select! {
-                    _ = sleep_until(wake.into()) => {}
+                    _ = alarm.until(wake) => {}
                     _ = events.ready() => {}
                 }
             } => {

@@ -86,7 +86,7 @@ impl Engine {
                     .insert(saved.task_id, Provisional { slot, since });
             }
         }
-        self.sample();
+        let _ = self.sample();
         let mut restored = 0;
         for saved in registry.tasks {
             if !live(self.backend.as_ref(), saved.slot, saved.generation) {
