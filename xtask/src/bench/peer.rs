@@ -22,6 +22,13 @@ const CPU: &str = "tracepoint:sched:sched_stat_runtime { @[pid] = sum(args->runt
 const NETWORK: &str = "tracepoint:sock:sock_send_length { @tx[pid] = sum(args->ret); } \
                        tracepoint:sock:sock_recv_length { @rx[pid] = sum(args->ret); }";
 
+/// Nothing at all on the same three tracepoints: what having any program
+/// there costs, the floor under every per-event figure (the run-time
+/// statistics' own clock reads included).
+const EMPTY: &str = "tracepoint:sched:sched_stat_runtime { } \
+                     tracepoint:sock:sock_send_length { } \
+                     tracepoint:sock:sock_recv_length { }";
+
 /// Which one-liners one bpftrace process runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Peer {
@@ -29,6 +36,8 @@ pub enum Peer {
     Network,
     /// Both in one process: what compares with propmon's intensive profile.
     CpuNetwork,
+    /// Empty programs on the tracepoints of both.
+    Empty,
 }
 
 impl Peer {
@@ -37,6 +46,7 @@ impl Peer {
             Peer::Cpu => "bpftrace-cpu",
             Peer::Network => "bpftrace-network",
             Peer::CpuNetwork => "bpftrace-cpu-network",
+            Peer::Empty => "bpftrace-empty",
         }
     }
 
@@ -45,6 +55,7 @@ impl Peer {
             Peer::Cpu => "bpftrace CPU",
             Peer::Network => "bpftrace network",
             Peer::CpuNetwork => "bpftrace (CPU + network)",
+            Peer::Empty => "empty programs (bpftrace)",
         }
     }
 
@@ -53,6 +64,7 @@ impl Peer {
             Peer::Cpu => CPU.to_owned(),
             Peer::Network => NETWORK.to_owned(),
             Peer::CpuNetwork => format!("{CPU} {NETWORK}"),
+            Peer::Empty => EMPTY.to_owned(),
         }
     }
 
@@ -60,7 +72,7 @@ impl Peer {
         match self {
             Peer::Cpu => 1,
             Peer::Network => 2,
-            Peer::CpuNetwork => 3,
+            Peer::CpuNetwork | Peer::Empty => 3,
         }
     }
 }

@@ -148,25 +148,32 @@ const SIDE_BY_SIDE: [Variant; 2] = [
     Variant::Bpftrace(Peer::CpuNetwork),
 ];
 
+/// Empty programs on the same tracepoints: the floor of a run's cost.
+const FLOOR: Variant = Variant::Bpftrace(Peer::Empty);
+
 fn per_event_section(out: &mut String, loads: &[LoadResult]) {
     let _ = writeln!(out, "## Cost per kernel event\n");
     let _ = writeln!(
         out,
         "Program runs during each load (run-time statistics on, `BPF_ENABLE_STATS`), propmon eBPF beside \
          bpftrace (CPU + network): runs per second of load, mean ns per run, and the share of \
-         one CPU the program took. `sampling_pass` runs once per thread of the host per round, \
-         inside the agent's read(): its cost is also in the agent's CPU (footprint).\n"
+         one CPU the program took. The last column is the floor: the mean of an empty program \
+         on the same tracepoint in the same run (bpftrace, nothing in its body), which is the \
+         cost of the statistics' own clock reads and of calling a program at all. \
+         `sampling_pass` runs once per thread of the host per round, inside the agent's read(): \
+         its cost is also in the agent's CPU (footprint).\n"
     );
     let _ = writeln!(
         out,
-        "| load | program | propmon runs/s | propmon ns/run | propmon CPU | bpftrace runs/s | bpftrace ns/run | bpftrace CPU |"
+        "| load | program | propmon runs/s | propmon ns/run | propmon CPU | bpftrace runs/s | bpftrace ns/run | bpftrace CPU | empty program ns/run |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
     for load in loads {
         let runs: Vec<Option<&ProgramRun>> = SIDE_BY_SIDE
             .iter()
             .map(|variant| load.programs.get(variant.key()))
             .collect();
+        let floor = load.programs.get(FLOOR.key());
         let names: BTreeSet<&String> = runs
             .iter()
             .flatten()
@@ -181,9 +188,13 @@ fn per_event_section(out: &mut String, loads: &[LoadResult]) {
                 continue;
             }
             let dash = "– | – | –".to_owned();
+            let floor = floor
+                .and_then(|run| run.programs.get(name.as_str()))
+                .and_then(|stats| stats.ns_per_run())
+                .map_or("–".to_owned(), |ns| format!("{ns:.0}"));
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {floor} |",
                 load.load,
                 name,
                 cells[0].clone().unwrap_or_else(|| dash.clone()),

@@ -58,13 +58,14 @@ pub enum Variant {
 }
 
 impl Variant {
-    pub const ALL: [Variant; 6] = [
+    pub const ALL: [Variant; 7] = [
         Variant::Alone,
         Variant::Propmon(Backend::Ebpf),
         Variant::Propmon(Backend::Sysinfo),
         Variant::Bpftrace(Peer::Cpu),
         Variant::Bpftrace(Peer::Network),
         Variant::Bpftrace(Peer::CpuNetwork),
+        Variant::Bpftrace(Peer::Empty),
     ];
 
     pub fn key(self) -> &'static str {

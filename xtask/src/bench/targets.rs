@@ -7,8 +7,9 @@ use super::{
     Backend, Results,
     bpf::ProgramStats,
     footprint::FootprintResult,
+    peer::Peer,
     report::percent,
-    slowdown::{LoadResult, PINNED_PIPE},
+    slowdown::{LoadResult, PINNED_PIPE, Variant},
 };
 
 /// Per-event programs that must stay under [`EVENT_NS`] each (the
@@ -105,31 +106,39 @@ fn slowdown_rows(rows: &mut Vec<Row>, loads: &[LoadResult]) {
     }
 }
 
-/// One program's mean time per run over every load (propmon eBPF runs).
+/// One program's mean time per run over every load (propmon eBPF runs),
+/// and that of an empty program on the same tracepoint, if one ran.
 fn per_event_row(loads: &[LoadResult], name: &str) -> Row {
+    let target = format!("`{name}` mean time per event ≤ {EVENT_NS:.0} ns");
+    let Some((ns, runs)) = mean_over_loads(loads, Variant::Propmon(Backend::Ebpf), name) else {
+        return Row {
+            target,
+            measured: "no runs".to_owned(),
+            verdict: "n/a".to_owned(),
+        };
+    };
+    let mut measured = format!("{ns:.0} ns ({runs} runs)");
+    if let Some((floor, _)) = mean_over_loads(loads, Variant::Bpftrace(Peer::Empty), name) {
+        let _ = write!(measured, "; an empty program there: {floor:.0} ns");
+    }
+    Row {
+        target,
+        measured,
+        verdict: at_most(ns, EVENT_NS, |x| format!("{x:.0} ns")),
+    }
+}
+
+/// Mean ns per run and runs of program `name` beside `variant`, over
+/// every load.
+fn mean_over_loads(loads: &[LoadResult], variant: Variant, name: &str) -> Option<(f64, u64)> {
     let mut total = ProgramStats::default();
-    for run in loads
-        .iter()
-        .filter_map(|l| l.programs.get(Backend::Ebpf.name()))
-    {
+    for run in loads.iter().filter_map(|l| l.programs.get(variant.key())) {
         if let Some(stats) = run.programs.get(name) {
             total.run_count += stats.run_count;
             total.run_time_ns += stats.run_time_ns;
         }
     }
-    let target = format!("`{name}` mean time per event ≤ {EVENT_NS:.0} ns");
-    match total.ns_per_run() {
-        Some(ns) => Row {
-            target,
-            measured: format!("{ns:.0} ns ({} runs)", total.run_count),
-            verdict: at_most(ns, EVENT_NS, |x| format!("{x:.0} ns")),
-        },
-        None => Row {
-            target,
-            measured: "no runs".to_owned(),
-            verdict: "n/a".to_owned(),
-        },
-    }
+    Some((total.ns_per_run()?, total.run_count))
 }
 
 /// All of our programs' time during the loopback TCP stream, over its
