@@ -403,7 +403,6 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
         None => None,
     };
     let mut engine = Engine::new(backend, Box::new(Fanout(sinks)), settings.max_tasks);
-    tracing::info!("propmon agent started ({:?} backend)", engine.source());
     // Started tasks that may turn out to run inside the proplet process.
     let mut in_process_checks: Vec<(Instant, String)> = Vec::new();
     if let Some(state) = &state {
@@ -416,6 +415,8 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
     if settings.propeller {
         start_discovery(&mut engine, &settings)?;
     }
+    // Every hook the agent's mode needs is attached by now.
+    tracing::info!("propmon agent started ({:?} backend)", engine.source());
     for spec in &settings.attach {
         if engine.has_task(&spec.task_id) {
             continue; // resumed

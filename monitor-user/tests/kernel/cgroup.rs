@@ -20,15 +20,15 @@ use crate::{
 
 /// A cgroup this test makes under the v2 mount (found in
 /// /proc/self/mountinfo) and removes at the end, with a sub-cgroup.
-struct TestCgroup {
+pub(crate) struct TestCgroup {
     mount: PathBuf,
     dir: PathBuf,
     /// Its path relative to the mount, as `--attach-cgroup` takes it.
-    relative: String,
+    pub(crate) relative: String,
 }
 
 impl TestCgroup {
-    fn create(name: &str) -> Self {
+    pub(crate) fn create(name: &str) -> Self {
         let mount = V2Mount::find()
             .expect("a cgroup v2 hierarchy in /proc/self/mountinfo")
             .mount_point;

@@ -187,6 +187,53 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// `propmon_kernel_programs_attached` of an agent started with `extra`,
+/// once it serves it; the agent is stopped after.
+fn programs_attached(extra: &[&str]) -> f64 {
+    let (live, addr) = listening(agent_listening(extra));
+    let series = format!(r#"propmon_kernel_programs_attached{{proplet_id="{PROPLET}"}}"#);
+    let mut attached = None;
+    wait_until("the programs attached", Duration::from_secs(20), || {
+        attached = sample(&get(addr, "/metrics", None).body, &series);
+        attached.is_some()
+    });
+    drop(live);
+    attached.unwrap()
+}
+
+/// Two hooks each serve one feature and are attached when it is first
+/// used, before it is turned on: a plain agent runs no program on the
+/// host's execs (Propeller mode's exec discovery) or on its cgroup
+/// migrations (tasks defined by cgroups).
+#[test]
+fn feature_hooks_are_attached_only_with_their_feature() {
+    let Some(_serial) = kernel_test() else { return };
+    let busy = Busy::start();
+    let task = busy.attach("busy");
+    let cgroup = crate::cgroup::TestCgroup::create("on-demand");
+    let plain = programs_attached(&["--attach", &task]);
+    let group = format!("group={}", cgroup.relative);
+    let with_cgroup = programs_attached(&["--attach", &task, "--attach-cgroup", &group]);
+    // No broker listens there: the agent says so and keeps running.
+    let propeller = programs_attached(&[
+        "--attach",
+        &task,
+        "--propeller",
+        "--mqtt-url",
+        "mqtt://127.0.0.1:9",
+        "--domain-id",
+        "domain",
+        "--channel-id",
+        "channel",
+    ]);
+    assert_eq!(
+        with_cgroup,
+        plain + 1.0,
+        "cgroup_attach_task with a cgroup task"
+    );
+    assert_eq!(propeller, plain + 1.0, "exec_discovery in Propeller mode");
+}
+
 /// Item 1: `/metrics` in both formats and `/api/v1/tasks` follow a task
 /// from its first message to its final one, after which it is gone.
 #[test]
@@ -238,14 +285,15 @@ fn metrics_and_api_follow_a_task_until_its_final_message() {
         sample(&page.body, &format!("propmon_kernel_map_capacity{node}")),
         Some(4096.0)
     );
-    // At least the required programs (nine hooks and the sampling pass)
+    // At least the programs every agent needs (eight hooks and the
+    // sampling pass; exec discovery and cgroup moves come on demand)
     // attached, and no more than are loaded.
     let programs = |name: &str| {
         let series = format!("{name}{{proplet_id=\"{PROPLET}\"}}");
         sample(&page.body, &series).unwrap_or_else(|| panic!("no {series}: {}", page.body))
     };
     let attached = programs("propmon_kernel_programs_attached");
-    assert!(attached >= 10.0, "{}", page.body);
+    assert!(attached >= 9.0, "{}", page.body);
     assert!(programs("propmon_kernel_programs_loaded") >= attached);
     // Without a broker, no exporter series; without --metrics-peers, no peers.
     assert!(!page.body.contains("propmon_agent_mqtt_connected"));

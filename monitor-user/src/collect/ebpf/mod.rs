@@ -60,7 +60,12 @@ const HOOKS: &[Hook] = &[
     Hook::required(Kind::Tracepoint, "sched_process_free", "sched_process_free"),
     Hook::required(Kind::Tracepoint, "sock_send_length", "sock_send_length"),
     Hook::required(Kind::Tracepoint, "sock_recv_length", "sock_recv_length"),
-    Hook::required(Kind::Tracepoint, "exec_discovery", "sched_process_exec"),
+    Hook::on_demand(
+        Kind::Tracepoint,
+        "exec_discovery",
+        "sched_process_exec",
+        Need::Discovery,
+    ),
     Hook::required(
         Kind::Tracepoint,
         "inet_sock_set_state",
@@ -68,7 +73,12 @@ const HOOKS: &[Hook] = &[
     ),
     Hook::required(Kind::Tracepoint, "tcp_retransmit_skb", "tcp_retransmit_skb"),
     Hook::required(Kind::Tracepoint, "tcp_receive_reset", "tcp_receive_reset"),
-    Hook::required(Kind::Tracepoint, "cgroup_attach_task", "cgroup_attach_task"),
+    Hook::on_demand(
+        Kind::Tracepoint,
+        "cgroup_attach_task",
+        "cgroup_attach_task",
+        Need::Cgroups,
+    ),
     Hook::optional(
         Kind::FExit,
         "tcp_splice_read",
@@ -120,6 +130,21 @@ struct Hook {
     target: &'static str,
     /// What is not counted if the hook cannot attach; `None`: required.
     uncounted_without: Option<&'static str>,
+    need: Need,
+}
+
+/// When a hook is loaded and attached. A hook that serves one feature
+/// only is loaded when that feature is first turned on: until then it
+/// would return at once on every event (every exec, every cgroup
+/// migration of the host), and the verifier's time on it would delay
+/// every start-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Need {
+    Always,
+    /// Propeller mode's exec discovery (`switch::DISCOVERY`).
+    Discovery,
+    /// Tasks defined by cgroups (`switch::CGROUPS`).
+    Cgroups,
 }
 
 impl Hook {
@@ -137,6 +162,20 @@ impl Hook {
             program,
             target,
             uncounted_without: None,
+            need: Need::Always,
+        }
+    }
+
+    /// Required, loaded when `need` is first turned on.
+    const fn on_demand(
+        kind: Kind,
+        program: &'static str,
+        target: &'static str,
+        need: Need,
+    ) -> Self {
+        Hook {
+            need,
+            ..Hook::required(kind, program, target)
         }
     }
 
@@ -151,6 +190,7 @@ impl Hook {
             program,
             target,
             uncounted_without: Some(uncounted),
+            need: Need::Always,
         }
     }
 }
@@ -174,9 +214,15 @@ pub struct LoadOptions {
 
 pub struct EbpfBackend {
     /// Owns the programs and the links that are not pinned.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     /// Hooks kept attached in bpffs across agent restarts.
-    _pinned_links: Vec<aya::programs::links::PinnedLink>,
+    pinned_links: Vec<aya::programs::links::PinnedLink>,
+    /// Where to pin the links of hooks loaded on demand.
+    pins: Option<Pins>,
+    /// The attach points of hooks loaded on demand.
+    attach_points: btf::AttachPoints,
+    /// The on-demand needs whose hooks are attached.
+    attached_needs: Vec<Need>,
     pass_link: IterLink,
     threads: TaskStorage<ThreadState>,
     config: MappedArray<TaskConfig>,
@@ -275,6 +321,8 @@ impl EbpfBackend {
             loaded: 1,
             attached: 1,
         };
+        // A previous agent's on-demand hooks are resumed with its links.
+        let mut attached_needs = Vec::new();
         for hook in HOOKS {
             if let Some(link) = pins
                 .as_ref()
@@ -282,6 +330,12 @@ impl EbpfBackend {
             {
                 pinned_links.push(link);
                 programs.count(true, true);
+                if hook.need != Need::Always {
+                    attached_needs.push(hook.need);
+                }
+                continue;
+            }
+            if hook.need != Need::Always {
                 continue;
             }
             let attached = attach(&mut ebpf, hook, &attach_points, pins.as_ref());
@@ -335,6 +389,8 @@ impl EbpfBackend {
             std::iter::once(events.as_fd()).chain(kernel_log.as_ref().map(|log| log.as_fd())),
         )
         .context("waiting for kernel events (epoll)")?;
+        let resumed = pins.as_ref().is_some_and(|pins| pins.resumed());
+        let pinned = pins.is_some();
         let mut backend = EbpfBackend {
             peers: peer_book,
             peers_rescanned: std::time::Instant::now(),
@@ -346,8 +402,11 @@ impl EbpfBackend {
             events,
             kernel_log,
             poll,
-            _ebpf: ebpf,
-            _pinned_links: pinned_links,
+            ebpf,
+            pinned_links,
+            pins,
+            attach_points,
+            attached_needs,
             pass_link,
             threads,
             config,
@@ -357,8 +416,8 @@ impl EbpfBackend {
             active: BTreeSet::new(),
             cgroup_slots: BTreeMap::new(),
             event_drops,
-            resumed: pins.as_ref().is_some_and(|pins| pins.resumed()),
-            pinned: pins.is_some(),
+            resumed,
+            pinned,
             releases: ReleaseFlusher::default(),
             programs,
         };
@@ -379,7 +438,34 @@ impl EbpfBackend {
             }
         }
         let any = !self.cgroup_slots.is_empty();
+        if any {
+            self.attach_needed(Need::Cgroups)?;
+        }
         self.set_switch(switch::CGROUPS, any)
+    }
+
+    /// Loads and attaches the hooks of `need`, once; before the switch
+    /// that turns their work on.
+    fn attach_needed(&mut self, need: Need) -> anyhow::Result<()> {
+        if self.attached_needs.contains(&need) {
+            return Ok(());
+        }
+        for hook in HOOKS.iter().filter(|hook| hook.need == need) {
+            let attached = attach(
+                &mut self.ebpf,
+                hook,
+                &self.attach_points,
+                self.pins.as_ref(),
+            );
+            release_freed_memory();
+            let loaded = attached.is_ok() || is_loaded(&self.ebpf, hook.program);
+            self.programs.count(loaded, attached.is_ok());
+            if let Some(link) = attached? {
+                self.pinned_links.push(link);
+            }
+        }
+        self.attached_needs.push(need);
+        Ok(())
     }
 
     /// Records the kernel could not make, since the maps were created.
@@ -518,6 +604,7 @@ impl Backend for EbpfBackend {
         {
             return Err(anyhow::Error::new(super::CgroupTaken { slot: owner.slot }));
         }
+        self.attach_needed(Need::Cgroups)?;
         // First the kernel follows migrations, then we attach who is
         // there: a process moving in meanwhile is a member either way.
         self.cgroups
@@ -621,6 +708,7 @@ impl Backend for EbpfBackend {
     }
 
     fn enable_discovery(&mut self, require_lineage: bool) -> anyhow::Result<()> {
+        self.attach_needed(Need::Discovery)?;
         self.set_switch(switch::REQUIRE_LINEAGE, require_lineage)?;
         self.set_switch(switch::DISCOVERY, true)
     }
