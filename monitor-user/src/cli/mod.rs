@@ -622,6 +622,10 @@ pub enum WorkloadKind {
         udp: Option<std::net::SocketAddr>,
         #[arg(long, default_value_t = 0)]
         short: usize,
+        /// One datagram to each of this many loopback ports, each from its
+        /// own connected socket: as many UDP peers.
+        #[arg(long, default_value_t = 0)]
+        udp_fanout: usize,
         /// Bytes sent to the first peer (the second gets twice as many...).
         #[arg(long, default_value_t = 200_000)]
         bytes: u64,

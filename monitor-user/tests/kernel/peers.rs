@@ -186,3 +186,47 @@ fn retransmits_go_to_the_task_whose_socket_it_is() {
     let peer = find(&network.peers, "192.0.2.2:7070", "tcp");
     assert_eq!(peer.retransmits, Some(counted));
 }
+
+/// 300 UDP peers, more rows than the agent maps at first (it maps the
+/// peer rows as far as they are used): every row's bytes are read, the
+/// 256 largest peers are listed with their exact bytes, and the rest are
+/// in `other`.
+#[test]
+fn rows_past_the_first_mapping_are_read() {
+    let Some(_serial) = kernel_test() else { return };
+    let report = scratch("fanout.json");
+    let mut command = propmon(&[
+        "run",
+        "--profile-json",
+        r#"{"interval": 1, "max_peers": 256, "collect_network_io": true}"#,
+        "--",
+    ]);
+    command
+        .arg(propmon_bin())
+        .args(["workload", "peers", "--udp-fanout", "300", "--report"])
+        .arg(&report);
+    let run = run_to_end(command, Duration::from_secs(120));
+    assert!(run.status.success(), "{}", run.stderr);
+    let tallies: Vec<PeerTally> = read_report(&report);
+    assert_eq!(tallies.len(), 300);
+    let last = run.final_message();
+    let network = last.details.network.as_ref().expect("details.network");
+    let listed: Vec<&Peer> = network.peers.iter().filter(|p| p.peer != "other").collect();
+    assert_eq!(listed.len(), 256, "max_peers of them listed");
+    for peer in listed {
+        let tally = tallies
+            .iter()
+            .find(|t| t.peer == peer.peer)
+            .unwrap_or_else(|| panic!("{} was not a peer of the workload", peer.peer));
+        assert_eq!(
+            (peer.tx_bytes, peer.rx_bytes),
+            (tally.tx_bytes, 0),
+            "{}",
+            peer.peer
+        );
+    }
+    let sent: u64 = tallies.iter().map(|t| t.tx_bytes).sum();
+    let counted: u64 = network.peers.iter().map(|p| p.tx_bytes).sum();
+    assert_eq!(counted, sent, "every peer's bytes, listed or in other");
+    assert_eq!(last.metrics.network_tx_bytes, Some(sent));
+}

@@ -84,12 +84,15 @@ pub fn run(args: WorkloadArgs) -> anyhow::Result<ExitCode> {
             tcp,
             udp,
             short,
+            udp_fanout,
             bytes,
             report,
         } => {
             let bytes = bytes.min(1 << 30);
             let short = short.min(100_000);
-            write_report(report.as_deref(), &net::peers(&tcp, udp, short, bytes)?)?;
+            let mut tallies = net::peers(&tcp, udp, short, bytes)?;
+            tallies.extend(net::udp_fanout(udp_fanout.min(4096))?);
+            write_report(report.as_deref(), &tallies)?;
         }
         WorkloadKind::Bench { load, report } => {
             write_report(report.as_deref(), &bench::run(load)?)?;

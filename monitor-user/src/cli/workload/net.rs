@@ -567,6 +567,29 @@ pub fn peers(
     Ok(tallies)
 }
 
+/// One datagram of a different size to each of `count` loopback
+/// receivers, each from its own connected socket: `count` UDP peers.
+pub fn udp_fanout(count: usize) -> anyhow::Result<Vec<PeerTally>> {
+    let receivers = (0..count)
+        .map(|_| UdpSocket::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("binding the fan-out receivers")?;
+    let mut tallies = Vec::with_capacity(count);
+    for (index, receiver) in receivers.iter().enumerate() {
+        let to = receiver.local_addr()?;
+        let sender = UdpSocket::bind("127.0.0.1:0")?;
+        sender.connect(to)?;
+        let sent = sender.send(&vec![b'f'; 100 + index])? as u64;
+        tallies.push(PeerTally {
+            peer: to.to_string(),
+            protocol: "udp".to_owned(),
+            tx_bytes: sent,
+            ..PeerTally::default()
+        });
+    }
+    Ok(tallies)
+}
+
 /// One TCP exchange with a net-peer, its retransmissions included.
 fn tcp_exchange(peer: SocketAddr, up: u64, down: u64) -> anyhow::Result<PeerTally> {
     let mut stream = TcpStream::connect_timeout(&peer, TIMEOUT)

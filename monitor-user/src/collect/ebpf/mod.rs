@@ -374,16 +374,16 @@ impl EbpfBackend {
                 None
             }
         };
-        let peer_rows = MappedArray::map(
-            map_data(&ebpf, maps::PEERS)?.fd().as_fd(),
-            monitor_common::MAX_PEER_ROWS,
-        )
-        .context("mapping PEERS")?;
+        let peers_fd = map_data(&ebpf, maps::PEERS)?
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("keeping the PEERS map")?;
         let peer_book = peers::PeerBook::new(
-            peer_rows,
+            peers_fd,
             HashMap::try_from(take_map(&mut ebpf, maps::PEER_INDEX)?)?,
             Queue::try_from(take_map(&mut ebpf, maps::FREE_PEER_ROWS)?)?,
-        );
+        )?;
         let events = RingBuf::try_from(take_map(&mut ebpf, maps::TASK_EVENTS)?)?;
         let poll = Poll::new(
             std::iter::once(events.as_fd()).chain(kernel_log.as_ref().map(|log| log.as_fd())),

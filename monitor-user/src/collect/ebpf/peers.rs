@@ -12,7 +12,10 @@
 use std::{
     collections::{BTreeSet, HashMap as StdHashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::{AsFd as _, OwnedFd},
 };
+
+use anyhow::Context as _;
 
 use aya::maps::{HashMap, MapData, Queue};
 use monitor_common::{
@@ -27,6 +30,9 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
 
+/// Rows mapped at first: a page or so.
+const MIN_MAPPED_ROWS: u32 = 32;
+
 /// The key of a row that is nobody's.
 const FREE_KEY: PeerKey = PeerKey {
     slot: u32::MAX,
@@ -39,7 +45,12 @@ const FREE_KEY: PeerKey = PeerKey {
 };
 
 pub struct PeerBook {
+    /// The rows the kernel has taken so far, and some room: the array
+    /// fills from its start, and what is mapped counts in the agent's
+    /// RSS (2.2 MB for all 16,384 rows).
     rows: MappedArray<PeerRow>,
+    /// The PEERS array, to map more of it as rows are taken.
+    array: OwnedFd,
     index: HashMap<MapData, PeerKey, u32>,
     free: Queue<MapData, u32>,
     /// Rows of each slot.
@@ -52,24 +63,26 @@ pub struct PeerBook {
 
 impl PeerBook {
     pub fn new(
-        rows: MappedArray<PeerRow>,
+        array: OwnedFd,
         index: HashMap<MapData, PeerKey, u32>,
         free: Queue<MapData, u32>,
-    ) -> Self {
-        PeerBook {
+    ) -> anyhow::Result<Self> {
+        let rows = MappedArray::map(array.as_fd(), MIN_MAPPED_ROWS).context("mapping PEERS")?;
+        Ok(PeerBook {
             rows,
+            array,
             index,
             free,
             by_slot: StdHashMap::new(),
             seen_fresh: 0,
             queued: BTreeSet::new(),
-        }
+        })
     }
 
     /// Takes note of the rows the kernel took since the last call; rows of
     /// tasks that are gone are taken back.
     pub fn refresh(&mut self, used: u64, config: impl Fn(u32) -> TaskConfig) {
-        let used = used.min(u64::from(MAX_PEER_ROWS));
+        let used = self.map_rows(used.min(u64::from(MAX_PEER_ROWS)) as u32);
         let fresh = (self.seen_fresh as u32)..(used as u32);
         let requeued: Vec<u32> = self
             .queued
@@ -95,6 +108,23 @@ impl PeerBook {
             }
         }
         self.seen_fresh = used;
+    }
+
+    /// Maps at least the first `used` rows if it can (doubling), and
+    /// returns how many of them are mapped: rows past those are looked
+    /// at in a later round.
+    fn map_rows(&mut self, used: u32) -> u64 {
+        if used > self.rows.entries() {
+            let wanted = used
+                .next_power_of_two()
+                .clamp(MIN_MAPPED_ROWS, MAX_PEER_ROWS);
+            if let Err(err) = self.rows.remap(self.array.as_fd(), wanted) {
+                tracing::warn!(
+                    "mapping {wanted} peer rows: {err}; new peers wait for a later round"
+                );
+            }
+        }
+        u64::from(used.min(self.rows.entries()))
     }
 
     /// Rows some task holds, as of the last refresh: every row the kernel

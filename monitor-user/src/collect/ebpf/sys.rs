@@ -229,8 +229,38 @@ impl<V: Pod> MappedArray<V> {
     /// Maps the first `entries` values of the array behind `fd`.
     pub fn map(fd: BorrowedFd<'_>, entries: u32) -> io::Result<Self> {
         let stride = size_of::<V>().next_multiple_of(8);
-        let page = procfs_page_size();
-        let len = (stride * entries as usize).next_multiple_of(page);
+        let (base, len) = Self::mmap(fd, stride * entries as usize)?;
+        Ok(MappedArray {
+            base,
+            len,
+            entries,
+            stride,
+            _value: PhantomData,
+        })
+    }
+
+    /// Values mapped.
+    pub fn entries(&self) -> u32 {
+        self.entries
+    }
+
+    /// Maps the first `entries` values instead (more, or as many), from
+    /// the same array `fd`. The kernel maps a BPF array's pages in at
+    /// mmap time, all counted in the agent's RSS: an array that fills
+    /// from its start is mapped as far as it is used.
+    pub fn remap(&mut self, fd: BorrowedFd<'_>, entries: u32) -> io::Result<()> {
+        let (base, len) = Self::mmap(fd, self.stride * entries as usize)?;
+        // SAFETY: unmapping our previous mapping, replaced below; no
+        // reference into it outlives `&mut self`.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+        self.base = base;
+        self.len = len;
+        self.entries = entries;
+        Ok(())
+    }
+
+    fn mmap(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<(NonNull<u8>, usize)> {
+        let len = bytes.max(1).next_multiple_of(procfs_page_size());
         // SAFETY: mapping a BPF array fd shared and writable, as the kernel
         // allows for BPF_F_MMAPABLE arrays; the result is checked.
         let base = unsafe {
@@ -246,13 +276,8 @@ impl<V: Pod> MappedArray<V> {
         if base == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(MappedArray {
-            base: NonNull::new(base.cast()).expect("mmap returned a non-NULL address"),
-            len,
-            entries,
-            stride,
-            _value: PhantomData,
-        })
+        let base = NonNull::new(base.cast()).expect("mmap returned a non-NULL address");
+        Ok((base, len))
     }
 
     fn slot_ptr(&self, index: u32) -> *mut V {
