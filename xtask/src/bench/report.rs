@@ -149,7 +149,7 @@ const SIDE_BY_SIDE: [Variant; 2] = [
 ];
 
 /// Empty programs on the same tracepoints: the floor of a run's cost.
-const FLOOR: Variant = Variant::Bpftrace(Peer::Empty);
+pub(super) const FLOOR: Variant = Variant::Bpftrace(Peer::Empty);
 
 fn per_event_section(out: &mut String, loads: &[LoadResult]) {
     let _ = writeln!(out, "## Cost per kernel event\n");

@@ -7,8 +7,7 @@ use super::{
     Backend, Results,
     bpf::ProgramStats,
     footprint::FootprintResult,
-    peer::Peer,
-    report::percent,
+    report::{FLOOR, percent},
     slowdown::{LoadResult, PINNED_PIPE, Variant},
 };
 
@@ -118,7 +117,7 @@ fn per_event_row(loads: &[LoadResult], name: &str) -> Row {
         };
     };
     let mut measured = format!("{ns:.0} ns ({runs} runs)");
-    if let Some((floor, _)) = mean_over_loads(loads, Variant::Bpftrace(Peer::Empty), name) {
+    if let Some((floor, _)) = mean_over_loads(loads, FLOOR, name) {
         let _ = write!(measured, "; an empty program there: {floor:.0} ns");
     }
     Row {

@@ -338,12 +338,13 @@ impl EbpfBackend {
             if hook.need != Need::Always {
                 continue;
             }
-            let attached = attach(&mut ebpf, hook, &attach_points, pins.as_ref());
-            // Each program's BTF is dropped by now: hand it back before
-            // the next one is made, so the peak is one of them, not the sum.
-            release_freed_memory();
-            let loaded = attached.is_ok() || is_loaded(&ebpf, hook.program);
-            programs.count(loaded, attached.is_ok());
+            let attached = attach_counted(
+                &mut ebpf,
+                hook,
+                &attach_points,
+                pins.as_ref(),
+                &mut programs,
+            );
             match (attached, hook.uncounted_without) {
                 (Ok(Some(link)), _) => pinned_links.push(link),
                 (Ok(None), _) => {}
@@ -451,15 +452,13 @@ impl EbpfBackend {
             return Ok(());
         }
         for hook in HOOKS.iter().filter(|hook| hook.need == need) {
-            let attached = attach(
+            let attached = attach_counted(
                 &mut self.ebpf,
                 hook,
                 &self.attach_points,
                 self.pins.as_ref(),
+                &mut self.programs,
             );
-            release_freed_memory();
-            let loaded = attached.is_ok() || is_loaded(&self.ebpf, hook.program);
-            self.programs.count(loaded, attached.is_ok());
             if let Some(link) = attached? {
                 self.pinned_links.push(link);
             }
@@ -991,6 +990,22 @@ fn read_event(bytes: &[u8]) -> Option<TaskEvent> {
         // SAFETY: TaskEvent is plain old data and the length is checked.
         unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<TaskEvent>()) }
     })
+}
+
+/// [`attach`], counted in `programs`, then the memory of the program's
+/// BTF handed back: the peak is one program's, not the sum.
+fn attach_counted(
+    ebpf: &mut Ebpf,
+    hook: &Hook,
+    points: &btf::AttachPoints,
+    pins: Option<&Pins>,
+    programs: &mut Programs,
+) -> anyhow::Result<Option<aya::programs::links::PinnedLink>> {
+    let attached = attach(ebpf, hook, points, pins);
+    release_freed_memory();
+    let loaded = attached.is_ok() || is_loaded(ebpf, hook.program);
+    programs.count(loaded, attached.is_ok());
+    attached
 }
 
 /// Loads and attaches one hook; with `pins`, pins its link and returns it.
