@@ -836,10 +836,7 @@ impl Engine {
             let words = [task.seq(), task.last_cpu_ns(), moment.boottime_ns];
             self.backend.set_user_words(slot, words);
         }
-        self.sink.send(&Outgoing::Task {
-            message: Box::new(message),
-            export,
-        });
+        self.sink.send(&Outgoing::task(message, export));
     }
 }
 

@@ -485,7 +485,7 @@ pub async fn serve(settings: AgentSettings) -> anyhow::Result<()> {
                         engine.source(),
                         engine.kernel_health(),
                     );
-                    engine.sink_mut().send(&Outgoing::Proplet(message));
+                    engine.sink_mut().send(&Outgoing::proplet(message));
                     engine.sink_mut().flush();
                     while next_proplet <= now {
                         next_proplet += settings.metrics_interval;

@@ -336,7 +336,7 @@ struct ChannelSink(mpsc::Sender<TaskMetricsMessage>);
 
 impl Sink for ChannelSink {
     fn send(&mut self, message: &Outgoing) {
-        if let Outgoing::Task { message, .. } = message {
+        if let Some(message) = message.task_message() {
             // Fails only once the feed's loop, which outlives the engine,
             // is gone: nobody is left to show the message to.
             let _ = self.0.send(TaskMetricsMessage::clone(message));

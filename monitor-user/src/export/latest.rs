@@ -137,7 +137,7 @@ pub struct LatestSink(Latest);
 
 impl Sink for LatestSink {
     fn send(&mut self, message: &Outgoing) {
-        let Outgoing::Task { message, .. } = message else {
+        let Some(message) = message.task_message() else {
             return;
         };
         let mut state = self.0.lock();
@@ -191,10 +191,7 @@ pub(crate) mod tests {
     }
 
     fn send(sink: &mut LatestSink, message: TaskMetricsMessage) {
-        sink.send(&Outgoing::Task {
-            message: Box::new(message),
-            export: false,
-        });
+        sink.send(&Outgoing::task(message, false));
     }
 
     #[test]

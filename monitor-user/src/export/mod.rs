@@ -9,11 +9,23 @@ pub mod mqtt;
 pub mod prometheus;
 pub mod stdout;
 
+use std::cell::OnceCell;
+
+use bytes::Bytes;
+
 use crate::message::{PropletMetricsMessage, TaskMetricsMessage};
 
-/// A message ready to leave the agent.
+/// A message ready to leave the agent. Its JSON is made once, by the
+/// first sink that needs it, and shared by the others: stdout and MQTT
+/// send the same bytes.
 #[derive(Clone, Debug)]
-pub enum Outgoing {
+pub struct Outgoing {
+    pub message: Message,
+    json: OnceCell<Bytes>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Message {
     /// A task's message; `export` is its profile's `export_to_mqtt`:
     /// `false` keeps it local (stdout only).
     Task {
@@ -21,6 +33,46 @@ pub enum Outgoing {
         export: bool,
     },
     Proplet(PropletMetricsMessage),
+}
+
+impl Outgoing {
+    pub fn task(message: TaskMetricsMessage, export: bool) -> Self {
+        Self::new(Message::Task {
+            message: Box::new(message),
+            export,
+        })
+    }
+
+    pub fn proplet(message: PropletMetricsMessage) -> Self {
+        Self::new(Message::Proplet(message))
+    }
+
+    fn new(message: Message) -> Self {
+        Outgoing {
+            message,
+            json: OnceCell::new(),
+        }
+    }
+
+    /// The task's message, if it is one.
+    pub fn task_message(&self) -> Option<&TaskMetricsMessage> {
+        match &self.message {
+            Message::Task { message, .. } => Some(message),
+            Message::Proplet(_) => None,
+        }
+    }
+
+    /// The message as JSON, without a line end.
+    pub fn json(&self) -> &Bytes {
+        self.json.get_or_init(|| {
+            match &self.message {
+                Message::Task { message, .. } => serde_json::to_vec(message),
+                Message::Proplet(message) => serde_json::to_vec(message),
+            }
+            .expect("messages always serialise")
+            .into()
+        })
+    }
 }
 
 /// A destination for messages. `send` must never block the sampling loop.
@@ -55,5 +107,22 @@ impl Sink for Fanout {
 
     fn dropped(&self) -> u64 {
         self.0.iter().map(|sink| sink.dropped()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::latest::tests::message;
+
+    #[test]
+    fn the_json_is_made_once_and_is_serde_json_s() {
+        let task = message("t1", 7, false);
+        let outgoing = Outgoing::task(task.clone(), true);
+        let first = outgoing.json().clone();
+        assert_eq!(first, serde_json::to_vec(&task).unwrap());
+        // Shared with every later caller, not made again.
+        assert_eq!(outgoing.json().as_ptr(), first.as_ptr());
+        assert_eq!(outgoing.task_message(), Some(&task));
     }
 }

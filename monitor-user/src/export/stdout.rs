@@ -43,11 +43,7 @@ impl Sink for StdoutSink {
         if self.closed {
             return;
         }
-        match message {
-            Outgoing::Task { message, .. } => serde_json::to_writer(&mut self.pending, message),
-            Outgoing::Proplet(message) => serde_json::to_writer(&mut self.pending, message),
-        }
-        .expect("messages always serialise");
+        self.pending.extend_from_slice(message.json());
         self.pending.push(b'\n');
         if self.pending.len() >= BATCH_BYTES {
             self.write_pending();
@@ -62,5 +58,22 @@ impl Sink for StdoutSink {
 impl Drop for StdoutSink {
     fn drop(&mut self) {
         self.write_pending();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::latest::tests::message;
+
+    #[test]
+    fn a_line_is_the_message_s_json() {
+        let outgoing = Outgoing::task(message("t1", 1, false), false);
+        let mut sink = StdoutSink::default();
+        sink.send(&outgoing);
+        sink.send(&outgoing);
+        let line = [&outgoing.json()[..], b"\n"].concat();
+        assert_eq!(sink.pending, [&line[..], &line[..]].concat());
+        sink.pending.clear(); // not written to the test's stdout
     }
 }

@@ -1,9 +1,13 @@
 //! The agent's own cost: CPU (percent of one core) and peak RSS at a 1 s
 //! interval with 1, 100 and 1,000 tracked idle tasks, and with 100 tracked
-//! tasks beside 1,000 untracked busy processes; both backends.
+//! tasks beside 1,000 untracked busy processes; both backends. Then the
+//! eBPF agent with 100 and 1,000 tasks publishing every message over MQTT
+//! (QoS 1) to a local mosquitto as well, as a Propeller node runs it.
 
 use std::{
-    process::{Command, Stdio},
+    net::{Ipv4Addr, TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -22,6 +26,8 @@ pub struct FootprintResult {
     pub backend: Backend,
     pub tracked_tasks: usize,
     pub untracked_busy_processes: usize,
+    /// Every message also published to a local MQTT broker.
+    pub mqtt: bool,
     /// Agent CPU over the measured window, percent of one core.
     pub cpu_percent: f64,
     /// Resident memory of the agent at the end of the window (VmRSS), bytes.
@@ -48,14 +54,64 @@ pub fn run(
                 "bench:   {} backend, {tracked} tasks, {busy} busy untracked",
                 backend.name()
             );
-            let (result, memory) = measure(context, backend, tracked, busy, seconds)?;
+            let (result, memory) = measure(context, backend, tracked, busy, None, seconds)?;
             if backend == Backend::Ebpf {
                 map_memory = map_memory.or(memory);
             }
             results.push(result);
         }
     }
+    let broker = Broker::start()?;
+    for tracked in [100, many] {
+        eprintln!("bench:   ebpf backend, {tracked} tasks, publishing over MQTT");
+        let (result, _) = measure(
+            context,
+            Backend::Ebpf,
+            tracked,
+            0,
+            Some(broker.port),
+            seconds,
+        )?;
+        results.push(result);
+    }
     Ok((results, map_memory))
+}
+
+/// A mosquitto of our own on a free loopback port, for as long as it lives.
+struct Broker {
+    child: Child,
+    port: u16,
+}
+
+impl Broker {
+    fn start() -> anyhow::Result<Self> {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+            .local_addr()?
+            .port();
+        let child = Command::new("mosquitto")
+            .args(["-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting mosquitto (cargo xtask setup installs it)")?;
+        let broker = Broker { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "mosquitto does not listen on port {port}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(broker)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn measure(
@@ -63,6 +119,7 @@ fn measure(
     backend: Backend,
     tracked: usize,
     busy: usize,
+    mqtt_port: Option<u16>,
     seconds: u64,
 ) -> anyhow::Result<(FootprintResult, Option<u64>)> {
     let mut sleepers = start_many(tracked, || {
@@ -99,6 +156,12 @@ fn measure(
         .args(["--enable-monitoring", "false"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    if let Some(port) = mqtt_port {
+        agent
+            .arg("--mqtt-url")
+            .arg(format!("mqtt://127.0.0.1:{port}"))
+            .args(["--domain-id", "bench", "--channel-id", "bench"]);
+    }
     for (index, sleeper) in sleepers.iter().enumerate() {
         agent
             .arg("--attach")
@@ -108,15 +171,29 @@ fn measure(
     let pid = agent.id();
     // Beside 1,000 busy processes on 2 CPUs the start-up (BTF, verifier)
     // can take seconds: measure from the agent's start, not its spawn.
-    let started = super::startup::watch(agent.stderr.take().expect("piped"), |line| {
-        line.contains(super::startup::STARTED)
+    // With MQTT, the window starts once the broker took the connection too.
+    let started_seen = AtomicBool::new(false);
+    let connected_seen = AtomicBool::new(mqtt_port.is_none());
+    let started = super::startup::watch(agent.stderr.take().expect("piped"), move |line| {
+        if line.contains(super::startup::STARTED) {
+            started_seen.store(true, Ordering::Relaxed);
+        }
+        if line.contains(MQTT_CONNECTED) {
+            connected_seen.store(true, Ordering::Relaxed);
+        }
+        started_seen.load(Ordering::Relaxed) && connected_seen.load(Ordering::Relaxed)
     });
     if started.recv_timeout(Duration::from_secs(60)).is_err() {
         let _ = terminate(pid);
         let status = agent.wait()?;
         anyhow::bail!(
-            "the agent never logged \"{}\" ({status})",
-            super::startup::STARTED
+            "the agent never logged \"{}\"{} ({status})",
+            super::startup::STARTED,
+            if mqtt_port.is_some() {
+                format!(" and \"{MQTT_CONNECTED}\"")
+            } else {
+                String::new()
+            }
         );
     }
     thread::sleep(Duration::from_secs(3)); // attached and warmed up
@@ -138,6 +215,7 @@ fn measure(
             backend,
             tracked_tasks: sleepers.len(),
             untracked_busy_processes: busy_processes.len(),
+            mqtt: mqtt_port.is_some(),
             cpu_percent: used as f64 / 1e9 / elapsed * 100.0,
             rss_bytes,
             anon_rss_bytes,
@@ -146,6 +224,9 @@ fn measure(
         memory,
     ))
 }
+
+/// What the agent logs once the broker accepted its connection.
+const MQTT_CONNECTED: &str = "connected to the MQTT broker";
 
 pub(super) fn terminate(pid: u32) -> std::io::Result<()> {
     let status = Command::new("kill")

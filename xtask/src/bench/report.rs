@@ -234,21 +234,24 @@ fn footprint_section(out: &mut String, results: &[FootprintResult], map_memory: 
         "Agent CPU from its CPU-time clock over the window. Memory at the end of the \
          window: the agent's own (RssAnon), all resident pages (VmRSS, which also counts \
          shared pages of the binary and libraries), and the peak since start-up (VmHWM, \
-         at start-up while the programs load, with few tasks; with 1,000 the working set).\n"
+         at start-up while the programs load, with few tasks; with 1,000 the working set). \
+         Output: JSON lines to /dev/null, and with MQTT every task message also published \
+         at QoS 1 to a local mosquitto (the broker's own CPU not counted).\n"
     );
     let _ = writeln!(
         out,
-        "| backend | tracked tasks | untracked busy processes | agent CPU (% of one core) | own memory | RSS | peak RSS |"
+        "| backend | tracked tasks | untracked busy processes | output | agent CPU (% of one core) | own memory | RSS | peak RSS |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
     let mb = |bytes: u64| bytes as f64 / 1e6;
     for r in results {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.3}% | {:.1} MB | {:.1} MB | {:.1} MB |",
+            "| {} | {} | {} | {} | {:.3}% | {:.1} MB | {:.1} MB | {:.1} MB |",
             r.backend.name(),
             r.tracked_tasks,
             r.untracked_busy_processes,
+            if r.mqtt { "stdout + MQTT" } else { "stdout" },
             r.cpu_percent,
             mb(r.anon_rss_bytes),
             mb(r.rss_bytes),

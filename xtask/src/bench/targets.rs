@@ -161,7 +161,7 @@ fn footprint_rows(rows: &mut Vec<Row>, results: &Results) {
     let ebpf: Vec<&FootprintResult> = results
         .footprint
         .iter()
-        .filter(|r| r.backend == Backend::Ebpf)
+        .filter(|r| r.backend == Backend::Ebpf && !r.mqtt)
         .collect();
     let idle = |test: &dyn Fn(usize) -> bool| {
         ebpf.iter()

@@ -22,6 +22,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use rumqttc::v5;
 
 /// Which MQTT version to speak.
@@ -209,8 +210,9 @@ impl Connection {
     }
 
     /// Hands a message to the client (QoS 1); `false` if its channel is full.
-    pub fn publish(&self, topic: &str, payload: &[u8]) -> bool {
+    pub fn publish(&self, topic: &str, payload: &Bytes) -> bool {
         match &self.inner {
+            // rumqttc's 3.1.1 client takes the payload as a Vec: a copy.
             Inner::V311 { client, .. } => client
                 .try_publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.to_vec())
                 .is_ok(),
@@ -219,7 +221,7 @@ impl Connection {
                     topic,
                     v5::mqttbytes::QoS::AtLeastOnce,
                     false,
-                    payload.to_vec(),
+                    payload.clone(),
                 )
                 .is_ok(),
         }

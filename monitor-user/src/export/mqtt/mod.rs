@@ -32,6 +32,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 
 pub use self::client::Protocol;
@@ -39,7 +40,7 @@ use self::{
     client::{AckToken, ConnectOptions, Connection, Event, Failure, Received},
     errors::Circumstances,
 };
-use super::{Outgoing, Sink};
+use super::{Message, Outgoing, Sink};
 
 /// Default queue size: 10 minutes of 100 tasks at 1 s.
 pub const DEFAULT_QUEUE_SIZE: usize = 60_000;
@@ -178,7 +179,8 @@ struct Queued {
     /// Order of arrival, to put unacknowledged messages back in order.
     seq: u64,
     topic: String,
-    payload: Vec<u8>,
+    /// The JSON the other sinks send too, shared, not copied.
+    payload: Bytes,
 }
 
 #[derive(Default)]
@@ -432,7 +434,7 @@ impl MqttSink {
         }
     }
 
-    fn push(&mut self, topic: String, payload: Vec<u8>) {
+    fn push(&mut self, topic: String, payload: Bytes) {
         let mut dropped_now = false;
         {
             let mut queue = self.queue.lock().expect("queue lock");
@@ -475,15 +477,15 @@ impl MqttSink {
 
 impl Sink for MqttSink {
     fn send(&mut self, message: &Outgoing) {
-        let (topic, payload) = match message {
-            Outgoing::Task { export: false, .. } => return,
-            Outgoing::Task { message, .. } => match &self.task_topic {
-                Some(topic) => (topic.clone(), serde_json::to_vec(message)),
+        let topic = match &message.message {
+            Message::Task { export: false, .. } => return,
+            Message::Task { .. } => match &self.task_topic {
+                Some(topic) => topic.clone(),
                 None => return,
             },
-            Outgoing::Proplet(message) => (self.proplet_topic.clone(), serde_json::to_vec(message)),
+            Message::Proplet(_) => self.proplet_topic.clone(),
         };
-        self.push(topic, payload.expect("messages always serialise"));
+        self.push(topic, message.json().clone());
     }
 
     fn dropped(&self) -> u64 {
