@@ -9,11 +9,17 @@ pub mod mqtt;
 pub mod prometheus;
 pub mod stdout;
 
-use std::cell::OnceCell;
+use std::{
+    cell::OnceCell,
+    sync::atomic::{AtomicUsize, Ordering},
+};
 
 use bytes::Bytes;
 
 use crate::message::{PropletMetricsMessage, TaskMetricsMessage};
+
+/// The length of the last message made into JSON.
+static LAST_JSON_BYTES: AtomicUsize = AtomicUsize::new(1024);
 
 /// A message ready to leave the agent. Its JSON is made once, by the
 /// first sink that needs it, and shared by the others: stdout and MQTT
@@ -65,12 +71,17 @@ impl Outgoing {
     /// The message as JSON, without a line end.
     pub fn json(&self) -> &Bytes {
         self.json.get_or_init(|| {
+            // Room for a message like the last one: a buffer grown from
+            // serde_json's 128 bytes would be copied three times.
+            let last = LAST_JSON_BYTES.load(Ordering::Relaxed);
+            let mut json = Vec::with_capacity(last + last / 16);
             match &self.message {
-                Message::Task { message, .. } => serde_json::to_vec(message),
-                Message::Proplet(message) => serde_json::to_vec(message),
+                Message::Task { message, .. } => serde_json::to_writer(&mut json, message),
+                Message::Proplet(message) => serde_json::to_writer(&mut json, message),
             }
-            .expect("messages always serialise")
-            .into()
+            .expect("messages always serialise");
+            LAST_JSON_BYTES.store(json.len(), Ordering::Relaxed);
+            json.into()
         })
     }
 }
