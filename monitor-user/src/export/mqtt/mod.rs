@@ -47,8 +47,13 @@ pub const DEFAULT_QUEUE_SIZE: usize = 60_000;
 /// Default largest control message: a start message carries the task's
 /// WebAssembly module, base64-encoded, in `file`.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 32 << 20;
-/// Messages handed to the MQTT client and not yet acknowledged, at most.
-const IN_FLIGHT: usize = 100;
+/// Messages handed to the MQTT client and not yet acknowledged, at most
+/// (MQTT 5: fewer if the broker's receive maximum says so). Each window
+/// of acknowledgements wakes the agent: a round of 1,000 tasks fits in
+/// one, where a window of 100 took ten wake-ups (BENCHMARKS.md). What is
+/// in flight goes out again after a reconnection: a window's worth of
+/// QoS 1 duplicates at most.
+const IN_FLIGHT: usize = 1000;
 /// Retries stay frequent: a broker that comes back is used within seconds.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
